@@ -1,0 +1,111 @@
+"""The ``dpbeam`` command line, a drop-in for DeepProfiler's.
+
+    dpbeam --root ROOT --config NAME.json [--exp EXP] [--metadata index.csv]
+           [--single-cells NAME] [--gpu ID] COMMAND [command options] [Beam options]
+
+Global options come before the command (as in DeepProfiler) and are also
+accepted after it. Anything the command does not know is handed to Beam as
+pipeline options (``--runner``, ``--direct_num_workers``, ``--project`` ...);
+commands that run no pipeline refuse such leftovers.
+
+Exit status: 0 success; 1 the command ran but found problems or failed
+records (they are listed); 2 the command line or the config is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Sequence
+
+from dpcore import __version__
+from dpcore.config import ConfigError
+from dpcore.layout import ProjectLayout, UnsafePathError
+from dpcore.metadata import MetadataError
+
+from beam_pipelines import commands
+from beam_pipelines.context import CommandContext, UsageError
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
+
+_GLOBAL_HELP = {
+    "--root": "project root folder or gs:// URI (DeepProfiler layout); default: the current folder",
+    "--config": "config file name inside ROOT/inputs/config/, or a full path or gs:// URI",
+    "--exp": "experiment name: outputs go to ROOT/outputs/EXP/ (default: results)",
+    "--metadata": "index file name inside ROOT/inputs/metadata/ (default: index.csv)",
+    "--single-cells": "folder name under ROOT/outputs/ for exported single cells (default: single-cells)",
+    "--gpu": "GPU device id(s) to use for train/profile, e.g. 0 or 0,1 (sets CUDA_VISIBLE_DEVICES)",
+    "--log-level": "logging level: DEBUG, INFO, WARNING, ERROR (default: INFO)",
+}
+_GLOBAL_DEFAULTS = {"--root": ".", "--config": None, "--exp": "results", "--metadata": "index.csv",
+                    "--single-cells": "single-cells", "--gpu": None, "--log-level": "INFO"}
+
+
+def _add_global_options(parser: argparse.ArgumentParser, with_defaults: bool) -> None:
+    for flag, text in _GLOBAL_HELP.items():
+        default = _GLOBAL_DEFAULTS[flag] if with_defaults else argparse.SUPPRESS
+        parser.add_argument(flag, default=default, help=text if with_defaults else argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dpbeam",
+        description="DeepProfiler's commands as distributed dataflow: illumination correction, single-cell "
+                    "export, training and profiling of Cell Painting screens on any Beam runner.",
+        epilog="Beam pipeline options (--runner, --direct_num_workers, --project, --region, --temp_location, "
+               "...) may follow the command. Run 'dpbeam COMMAND --help' for a command's own options.",
+    )
+    parser.add_argument("--version", action="version", version=f"dpbeam {__version__}")
+    _add_global_options(parser, with_defaults=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for spec in commands.COMMANDS:
+        child = sub.add_parser(spec.name, help=spec.help, description=spec.description,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+        _add_global_options(child, with_defaults=False)
+        spec.add_arguments(child)
+    return parser
+
+
+def _configure_logging(level_name: str) -> None:
+    level = getattr(logging, str(level_name).upper(), None)
+    if not isinstance(level, int):
+        raise UsageError(f"--log-level must be DEBUG, INFO, WARNING or ERROR, got {level_name!r}")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    # TensorFlow and Beam are chatty at INFO; keep their warnings.
+    for noisy in ("absl", "tensorflow", "apache_beam.runners", "apache_beam.io"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def _emit(text: str) -> None:
+    """Write a command's human summary to standard output."""
+    sys.stdout.write(text.rstrip("\n") + "\n")
+    sys.stdout.flush()
+
+
+def main(argv: Sequence[str] | None = None, *, emit: Callable[[str], None] = _emit) -> int:
+    parser = build_parser()
+    args, leftovers = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    spec = commands.BY_NAME[args.command]
+    try:
+        _configure_logging(args.log_level)
+        if leftovers and not spec.uses_beam:
+            raise UsageError(f"unrecognised argument(s) for {spec.name!r}: {' '.join(leftovers)} "
+                             f"(this command runs no Beam pipeline)")
+        layout = ProjectLayout.create(args.root, experiment=args.exp, single_cells=args.single_cells,
+                                      metadata_file=args.metadata)
+        context = CommandContext(layout=layout, config_name=args.config, gpu=args.gpu,
+                                 beam_args=tuple(leftovers))
+        return spec.run(context, args, emit)
+    except (UsageError, ConfigError, MetadataError, UnsafePathError, ValueError) as error:
+        emit(f"dpbeam {spec.name}: error: {error}")
+        return EXIT_USAGE
+    except FileNotFoundError as error:
+        emit(f"dpbeam {spec.name}: error: {error}")
+        return EXIT_USAGE
+
+
+def entry_point() -> None:
+    sys.exit(main())

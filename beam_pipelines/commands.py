@@ -1,0 +1,156 @@
+"""The registry of ``dpbeam`` commands: name, help, options and what runs.
+
+Each entry wires parsed arguments to a function in ``dpcore`` (for the
+commands that run no pipeline) or to a pipeline module in this package.
+Pipeline modules are imported only when their command runs, so ``dpbeam
+--help`` and ``dpbeam setup`` stay fast and never load TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+from dpcore.example import EXAMPLE_CONFIG, write_example_project
+from dpcore.split import split_index
+from dpcore.validate import validate_project
+
+from beam_pipelines.context import CommandContext
+
+logger = logging.getLogger(__name__)
+
+Emit = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    name: str
+    help: str
+    description: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[CommandContext, argparse.Namespace, Emit], int]
+    uses_beam: bool = False
+
+
+def _no_arguments(parser: argparse.ArgumentParser) -> None:
+    del parser
+
+
+# ------------------------------------------------------------------- setup
+def _run_setup(context: CommandContext, args: argparse.Namespace, emit: Emit) -> int:
+    if context.config_name:
+        context = context.with_config_paths(context.load_config("setup"))
+    for folder in context.layout.setup_folders():
+        created = folder.mkdir()
+        emit(f"{'created' if created else 'exists '}  {folder}")
+    return 0
+
+
+# ---------------------------------------------------------------- validate
+def _run_validate(context: CommandContext, args: argparse.Namespace, emit: Emit) -> int:
+    config = context.load_config("validate")
+    context = context.with_config_paths(config)
+    emit(f"validating {context.layout.root} with {config.source} and index {context.layout.index_file}")
+    report = validate_project(context.layout, config)
+    for line in report.lines():
+        emit(line)
+    return 0 if report.ok else 1
+
+
+# ----------------------------------------------------------------- example
+def _example_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true", help="replace files that already exist")
+
+
+def _run_example(context: CommandContext, args: argparse.Namespace, emit: Emit) -> int:
+    written = write_example_project(context.layout.root, overwrite=args.overwrite)
+    emit(f"example project (BBBC022 subset, CC0; see tests/data/README.md for citation) at {context.layout.root}: "
+         f"{len(written)} file(s) written")
+    emit(f"next: dpbeam --root {context.layout.root} --config {EXAMPLE_CONFIG} validate")
+    return 0
+
+
+# ------------------------------------------------------------------- split
+def _split_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--parts", type=int, required=True, help="number of parts (wells are never divided)")
+
+
+def _run_split(context: CommandContext, args: argparse.Namespace, emit: Emit) -> int:
+    if context.config_name:
+        context = context.with_config_paths(context.load_config("split"))
+    for path in split_index(context.layout, args.parts):
+        emit(f"wrote {path}")
+    return 0
+
+
+# --------------------------------------------------------- pipeline commands
+def _pipeline(module: str) -> Callable[[CommandContext, argparse.Namespace, Emit], int]:
+    """Run ``beam_pipelines.<module>.run_command``, importing Beam only now."""
+    def run(context: CommandContext, args: argparse.Namespace, emit: Emit) -> int:
+        return importlib.import_module(f"beam_pipelines.{module}").run_command(context, args, emit)
+    return run
+
+
+def _not_yet(issue: int, what: str) -> Callable[[CommandContext, argparse.Namespace, Emit], int]:
+    def run(context: CommandContext, args: argparse.Namespace, emit: Emit) -> int:
+        emit(f"dpbeam: {what} is not available in this version yet (planned work, issue #{issue}); "
+             f"nothing was done")
+        return 2
+    return run
+
+
+def _prepare_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help="recompute plates and images already committed by an earlier run")
+
+
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true", help="replace a complete earlier export")
+    parser.add_argument("--format", choices=("tfrecord", "png"), default="tfrecord",
+                        help="tfrecord shards (default) or DeepProfiler's one-PNG-per-cell layout")
+
+
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--epoch", type=int, default=1, help="first epoch (continues from checkpoint N-1)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed for a repeatable run")
+
+
+def _profile_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--part", type=int, default=-1, help="profile only index-K.csv written by split")
+    parser.add_argument("--overwrite", action="store_true", help="redo sites already committed")
+
+
+COMMANDS: tuple[CommandSpec, ...] = (
+    CommandSpec("setup", "create DeepProfiler's folder layout under ROOT",
+                "Create inputs/ and outputs/ folders (honouring a config's paths section when --config is "
+                "given) and list what was created.", _no_arguments, _run_setup),
+    CommandSpec("example", "write a small real example project (BBBC022 subset) under ROOT",
+                "Copy the bundled BBBC022 subset (2 wells, 12 sites, 5 channels, nuclei locations, "
+                "config bbbc022.json) under ROOT. Existing files are kept unless --overwrite.",
+                _example_arguments, _run_example),
+    CommandSpec("validate", "check config, index, images and locations without running anything",
+                "Load the config and the index, read every image header and locations file, print a "
+                "summary and every problem found. Exit status 1 if there was any problem.",
+                _no_arguments, _run_validate),
+    CommandSpec("prepare", "illumination statistics and compressed PNGs (Beam pipeline)",
+                "Compute per-plate illumination statistics and correction functions, and write "
+                "illumination-corrected 8-bit PNGs when prepare.compression.implement is true.",
+                _prepare_arguments, _pipeline("prepare"), uses_beam=True),
+    CommandSpec("export-sc", "crop every cell into TFRecord shards with a Parquet index (Beam pipeline)",
+                "Export single-cell crops to outputs/<single-cells>/.", _export_arguments,
+                _not_yet(4, "export-sc"), uses_beam=True),
+    CommandSpec("train", "train a classifier on the exported crops (tf.distribute)",
+                "Train the configured model on the exported single-cell shards.", _train_arguments,
+                _not_yet(6, "train"), uses_beam=True),
+    CommandSpec("profile", "extract per-cell features to Parquet (Beam RunInference)",
+                "Run the configured model over every cell and write features.", _profile_arguments,
+                _not_yet(5, "profile"), uses_beam=True),
+    CommandSpec("split", "split the index into N parts (index-000.csv ...) for profile --part",
+                "Write index-000.csv ... beside the index; wells are never divided between parts.",
+                _split_arguments, _run_split),
+)
+
+BY_NAME = {spec.name: spec for spec in COMMANDS}

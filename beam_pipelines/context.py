@@ -1,0 +1,52 @@
+"""What every command receives: the project layout, the config, the GPU choice
+and the Beam pipeline arguments that followed the command on the line."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+from dpcore.config import Config, ConfigError, load_config
+from dpcore.layout import ProjectLayout
+
+logger = logging.getLogger(__name__)
+
+
+class UsageError(ValueError):
+    """The command line cannot be used as given."""
+
+
+@dataclass(frozen=True)
+class CommandContext:
+    layout: ProjectLayout
+    config_name: str | None = None
+    gpu: str | None = None
+    beam_args: tuple[str, ...] = field(default_factory=tuple)
+
+    def load_config(self, command: str) -> Config:
+        """Load ``--config`` and check it has what ``command`` needs (fails fast)."""
+        if not self.config_name:
+            raise UsageError(f"the {command!r} command needs --config NAME.json "
+                             f"(a file in {self.layout.config_dir}, a path or a gs:// URI)")
+        config = load_config(self.layout.config_file(self.config_name))
+        config.require(command)
+        return config
+
+    def with_config_paths(self, config: Config) -> "CommandContext":
+        """The same context with the config's ``paths`` overrides applied to the layout."""
+        if not config.paths:
+            return self
+        root = config.paths.get("root", self.layout.root)
+        layout = ProjectLayout.create(root, self.layout.experiment, self.layout.single_cells,
+                                      self.layout.metadata_file, overrides=config.paths)
+        return CommandContext(layout=layout, config_name=self.config_name, gpu=self.gpu, beam_args=self.beam_args)
+
+    def select_gpu(self) -> None:
+        """Expose only ``--gpu`` devices to TensorFlow, as DeepProfiler did."""
+        if self.gpu is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = self.gpu
+            logger.info("CUDA_VISIBLE_DEVICES=%s", self.gpu)
+
+
+__all__ = ["CommandContext", "ConfigError", "UsageError"]

@@ -1,0 +1,95 @@
+"""Reading microscopy images: TIFF with tifffile, PNG with Pillow.
+
+tensorflow-io cannot serve this stack (its ops do not load under TF >= 2.20 and
+its ``decode_tiff`` returns 8-bit RGBA), so TIFFs are decoded with tifffile,
+which keeps 16-bit (and 12-bit-in-16-bit) values intact. Files are read as
+bytes through :class:`~dpcore.storage.StoragePath`, so ``gs://`` works too.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import numpy as np
+import tifffile
+from PIL import Image, UnidentifiedImageError
+
+from dpcore.storage import StoragePath
+
+logger = logging.getLogger(__name__)
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class ImageReadError(ValueError):
+    """An image is missing, unreadable, corrupt or of the wrong size."""
+
+
+def decode_image(data: bytes, source: str) -> np.ndarray:
+    """Decode TIFF or PNG bytes into a 2-D array of the file's own dtype."""
+    try:
+        if data[:4] in _TIFF_MAGIC:
+            array = tifffile.imread(io.BytesIO(data), key=0)
+        elif data[:8] == _PNG_MAGIC:
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+                array = np.asarray(image)
+        else:
+            raise ImageReadError(f"{source}: not a TIFF or PNG file (starts with {data[:8]!r})")
+    except ImageReadError:
+        raise
+    except (ValueError, OSError, UnidentifiedImageError, tifffile.TiffFileError, IndexError, KeyError) as error:
+        raise ImageReadError(f"{source}: corrupt or truncated image ({type(error).__name__}: {error})") from error
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        # A grey image saved as RGB(A) holds the same value in every colour channel.
+        array = array[..., 0]
+    if array.ndim != 2:
+        raise ImageReadError(f"{source}: expected a single-channel image, got shape {array.shape}")
+    return array
+
+
+def read_image(path: StoragePath, expected_shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read one channel image; check its (height, width) when given."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as error:
+        raise ImageReadError(f"{path}: file not found") from error
+    except OSError as error:
+        raise ImageReadError(f"{path}: cannot be read ({error})") from error
+    array = decode_image(data, str(path))
+    if expected_shape is not None and tuple(array.shape) != tuple(expected_shape):
+        raise ImageReadError(
+            f"{path}: image is {array.shape[1]}x{array.shape[0]} (width x height) but the config's "
+            f"dataset.images says {expected_shape[1]}x{expected_shape[0]}")
+    return array
+
+
+def image_shape(path: StoragePath) -> tuple[int, int]:
+    """(height, width) from the file header, without decoding the pixels."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(8)
+            handle.seek(0)
+            if head[:4] in _TIFF_MAGIC:
+                with tifffile.TiffFile(handle) as tif:
+                    shape = tif.pages[0].shape
+                    return int(shape[0]), int(shape[1])
+            if head[:8] == _PNG_MAGIC:
+                with Image.open(handle) as image:
+                    return image.height, image.width
+    except FileNotFoundError as error:
+        raise ImageReadError(f"{path}: file not found") from error
+    except (ValueError, OSError, UnidentifiedImageError, tifffile.TiffFileError, IndexError) as error:
+        raise ImageReadError(f"{path}: corrupt or unreadable header ({error})") from error
+    raise ImageReadError(f"{path}: not a TIFF or PNG file")
+
+
+def encode_png(array: np.ndarray, compress_level: int = 6) -> bytes:
+    """Losslessly encode a 2-D uint8 or uint16 array as PNG."""
+    if array.ndim != 2 or array.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"encode_png takes a 2-D uint8/uint16 array, got {array.dtype} {array.shape}")
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", compress_level=compress_level)
+    return buffer.getvalue()

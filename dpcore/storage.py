@@ -1,0 +1,200 @@
+"""One path abstraction for local folders and object stores (``gs://``).
+
+Every file the project reads or writes is named by a :class:`StoragePath`. It
+joins with ``/`` like :class:`pathlib.PurePosixPath` but keeps the URL scheme,
+and does its I/O through fsspec, so the same code serves a laptop folder and a
+bucket. Nothing else in the code base concatenates path strings.
+
+Writes are atomic where the store allows it: locally we write a hidden
+temporary sibling and ``os.replace`` it into place; on object stores an object
+only becomes visible once its upload completes, which gives the same guarantee.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from typing import IO, Iterator
+
+import fsspec
+
+logger = logging.getLogger(__name__)
+
+_LOCAL_PROTOCOLS = ("file", "local")
+
+
+def _split_url(url: str) -> tuple[str, str]:
+    """Return (protocol, path) with ``protocol`` '' for plain local paths."""
+    if "://" in url:
+        protocol, rest = url.split("://", 1)
+        return protocol.lower(), rest
+    return "", url
+
+
+@dataclass(frozen=True, order=True)
+class StoragePath:
+    """A local path or a URL such as ``gs://bucket/project/inputs``."""
+
+    url: str
+
+    def __post_init__(self) -> None:
+        protocol, rest = _split_url(self.url)
+        if protocol in ("",) + _LOCAL_PROTOCOLS:
+            normalised = os.path.abspath(os.path.expanduser(rest))
+        else:
+            # Keep the bucket, drop trailing and doubled slashes.
+            normalised = f"{protocol}://{posixpath.normpath(rest).lstrip('/')}"
+        object.__setattr__(self, "url", normalised)
+
+    # ----------------------------------------------------------------- naming
+    @property
+    def protocol(self) -> str:
+        return _split_url(self.url)[0]
+
+    @property
+    def is_local(self) -> bool:
+        return self.protocol == ""
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.url.rstrip("/"))
+
+    @property
+    def parent(self) -> "StoragePath":
+        protocol, rest = _split_url(self.url)
+        parent = posixpath.dirname(rest.rstrip("/"))
+        return StoragePath(f"{protocol}://{parent}" if protocol else parent)
+
+    def __truediv__(self, part: str) -> "StoragePath":
+        part = str(part)
+        if part.startswith("/") or "://" in part:
+            raise ValueError(f"cannot join absolute path {part!r} onto {self.url}")
+        protocol, rest = _split_url(self.url)
+        joined = posixpath.join(rest, part)
+        return StoragePath(f"{protocol}://{joined}" if protocol else joined)
+
+    def joinpath(self, *parts: str) -> "StoragePath":
+        path = self
+        for part in parts:
+            path = path / part
+        return path
+
+    def with_suffix(self, suffix: str) -> "StoragePath":
+        stem, _ = posixpath.splitext(self.url)
+        return StoragePath(stem + suffix)
+
+    def is_relative_to(self, other: "StoragePath") -> bool:
+        base = other.url.rstrip("/") + "/"
+        return self.url == other.url or self.url.startswith(base)
+
+    def relative_to(self, other: "StoragePath") -> str:
+        if not self.is_relative_to(other):
+            raise ValueError(f"{self.url} is not inside {other.url}")
+        return self.url[len(other.url):].lstrip("/")
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __fspath__(self) -> str:  # lets local paths go straight to numpy/PIL
+        if not self.is_local:
+            raise TypeError(f"{self.url} is not a local path")
+        return self.url
+
+    # -------------------------------------------------------------------- I/O
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        return fsspec.filesystem(self.protocol or "file")
+
+    def exists(self) -> bool:
+        return self.fs.exists(self.url)
+
+    def is_dir(self) -> bool:
+        return self.fs.isdir(self.url)
+
+    def is_file(self) -> bool:
+        return self.fs.isfile(self.url)
+
+    def size(self) -> int:
+        return int(self.fs.size(self.url))
+
+    def mkdir(self) -> bool:
+        """Create this folder and its parents; return True if it was new.
+
+        Object stores have no folders: there this only reports whether
+        anything lies below the prefix, and creates nothing.
+        """
+        existed = self.is_dir()
+        if self.is_local:
+            os.makedirs(self.url, exist_ok=True)
+        return not existed
+
+    def open(self, mode: str = "rb") -> IO:
+        if "w" in mode and self.is_local:
+            os.makedirs(os.path.dirname(self.url), exist_ok=True)
+        return self.fs.open(self.url, mode)
+
+    def read_bytes(self) -> bytes:
+        with self.open("rb") as handle:
+            return handle.read()
+
+    def read_text(self, encoding: str = "utf-8") -> str:
+        return self.read_bytes().decode(encoding)
+
+    def iterdir(self) -> list["StoragePath"]:
+        if not self.is_dir():
+            return []
+        entries = self.fs.ls(self.url, detail=False)
+        protocol = self.protocol
+        paths = [StoragePath(f"{protocol}://{e}" if protocol and "://" not in e else e) for e in entries]
+        return sorted((p for p in paths if p.url != self.url), key=lambda p: p.url)
+
+    def glob(self, pattern: str) -> list["StoragePath"]:
+        protocol = self.protocol
+        matches = self.fs.glob(posixpath.join(self.url, pattern))
+        return sorted(StoragePath(f"{protocol}://{m}" if protocol and "://" not in m else m) for m in matches)
+
+    def remove(self, recursive: bool = False) -> None:
+        if self.exists():
+            self.fs.rm(self.url, recursive=recursive)
+
+    @contextlib.contextmanager
+    def atomic_writer(self, mode: str = "wb") -> Iterator[IO]:
+        """Open for writing so that readers never see a partial file.
+
+        Locally the data goes to ``.<name>.<random>.tmp`` beside the target and
+        is renamed into place only when the block exits without an error; on
+        failure the temporary file is removed.
+        """
+        if not self.is_local:
+            with self.fs.open(self.url, mode) as handle:
+                yield handle
+            return
+        os.makedirs(os.path.dirname(self.url), exist_ok=True)
+        tmp = os.path.join(os.path.dirname(self.url), f".{self.name}.{uuid.uuid4().hex[:12]}.tmp")
+        try:
+            with open(tmp, mode) as handle:
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.url)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+            raise
+
+    def write_bytes(self, data: bytes) -> None:
+        with self.atomic_writer("wb") as handle:
+            handle.write(data)
+
+    def write_text(self, text: str, encoding: str = "utf-8") -> None:
+        self.write_bytes(text.encode(encoding))
+
+
+def as_storage_path(value: "str | os.PathLike[str] | StoragePath") -> StoragePath:
+    if isinstance(value, StoragePath):
+        return value
+    return StoragePath(os.fspath(value) if isinstance(value, os.PathLike) else str(value))

@@ -1,0 +1,54 @@
+"""dpbeam: DeepProfiler's Cell Painting workflow as distributed dataflow."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+# Floors, not pins: constraints.txt holds the exact versions CI and the demo use.
+INSTALL_REQUIRES = [
+    "apache-beam>=2.77",
+    # Beam 2.77 needs protobuf >= 6.33.5, which only TensorFlow >= 2.20 accepts. Full "tensorflow",
+    # not "tensorflow-cpu": Beam's TF model handler imports tensorflow_hub, which pulls it in anyway.
+    "tensorflow>=2.20",
+    "numpy>=1.26",
+    "pandas>=2.1",
+    "scipy>=1.11",
+    "scikit-image>=0.22",
+    "pyarrow>=15",
+    "fsspec>=2024.2",
+    "gcsfs>=2024.2",
+    "tifffile>=2024.1",  # TIFF decoding: tensorflow-io cannot load under TF >= 2.20 (see README)
+    "pillow>=10.0",
+]
+
+EXTRAS_REQUIRE = {
+    "gcp": ["apache-beam[gcp]>=2.77"],
+    "test": [
+        "pytest>=8.0",
+        "pytest-timeout>=2.3",
+        "hypothesis>=6.100",
+    ],
+}
+
+setup(
+    name="dpbeam",
+    version="0.1.0",
+    description="DeepProfiler's Cell Painting workflow (prepare, export-sc, train, profile) on Apache Beam",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="BSD-3-Clause",
+    python_requires=">=3.11",
+    packages=find_packages(include=["dpcore", "dpcore.*", "beam_pipelines", "beam_pipelines.*"]),
+    package_data={"dpcore": ["example_data/README.md", "example_data/bbbc022/**/*"]},
+    include_package_data=False,
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    entry_points={"console_scripts": ["dpbeam = beam_pipelines.cli:entry_point"]},
+    classifiers=[
+        "Programming Language :: Python :: 3.11",
+        "Topic :: Scientific/Engineering :: Bio-Informatics",
+        "Topic :: Scientific/Engineering :: Image Processing",
+    ],
+)

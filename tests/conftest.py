@@ -1,0 +1,39 @@
+"""Shared fixtures: the real BBBC022 subset in tests/data, copied where a test may change it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parent / "data"
+EXAMPLE = DATA / "bbbc022"
+SHARED_EXAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "bbbc022"
+
+
+@pytest.fixture(scope="session")
+def example_root() -> Path:
+    """The shipped example project, read-only: tests must not write into it."""
+    return EXAMPLE
+
+
+@pytest.fixture()
+def project(tmp_path: Path) -> Path:
+    """A private, writable copy of the example project."""
+    root = tmp_path / "project"
+    shutil.copytree(EXAMPLE, root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def example_config_dict() -> dict:
+    return json.loads((EXAMPLE / "inputs/config/bbbc022.json").read_text())
+
+
+def write_config(root: Path, data: dict, name: str = "test.json") -> str:
+    path = root / "inputs" / "config" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return name

@@ -1,0 +1,90 @@
+"""Project layout, path safety and the storage abstraction."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from dpcore.layout import ProjectLayout, UnsafePathError, resolve_inside
+from dpcore.storage import StoragePath
+
+
+def test_default_layout_matches_deepprofiler(tmp_path):
+    layout = ProjectLayout.create(tmp_path, experiment="exp1", single_cells="sc")
+    root = str(tmp_path)
+    assert str(layout.images_dir) == f"{root}/inputs/images"
+    assert str(layout.index_file) == f"{root}/inputs/metadata/index.csv"
+    assert str(layout.intensities_file("P1")) == f"{root}/outputs/intensities/P1/P1.npz"
+    assert str(layout.compressed_image_file("P1", "w1/a_b.tif")) == f"{root}/outputs/compressed/images/P1/a_b.png"
+    assert str(layout.locations_file("P1", "A01", "3")) == f"{root}/inputs/locations/P1/A01-3-Nuclei.csv"
+    assert str(layout.single_cells_dir) == f"{root}/outputs/sc"
+    assert str(layout.checkpoint_dir) == f"{root}/outputs/exp1/checkpoint"
+    assert str(layout.features_dir) == f"{root}/outputs/exp1/features"
+    assert str(layout.split_index_file(7)) == f"{root}/inputs/metadata/index-007.csv"
+
+
+def test_gs_root_keeps_its_scheme():
+    layout = ProjectLayout.create("gs://bucket/project/", experiment="e")
+    assert str(layout.images_dir) == "gs://bucket/project/inputs/images"
+    assert str(layout.image_file("w1/x.tif")) == "gs://bucket/project/inputs/images/w1/x.tif"
+    assert str(layout.checkpoint_dir) == "gs://bucket/project/outputs/e/checkpoint"
+    assert not layout.root.is_local
+
+
+def test_paths_overrides_are_honoured(tmp_path):
+    layout = ProjectLayout.create(tmp_path, overrides={"images": "/data/raw", "locations": "segmentation/nuclei",
+                                                       "checkpoints": "gs://b/ckpt"})
+    assert str(layout.images_dir) == "/data/raw"
+    assert str(layout.locations_dir) == f"{tmp_path}/segmentation/nuclei"
+    assert str(layout.checkpoint_dir) == "gs://b/ckpt"
+
+
+def test_metadata_option_and_config_name_resolution(tmp_path):
+    layout = ProjectLayout.create(tmp_path, metadata_file="other.csv")
+    assert str(layout.index_file) == f"{tmp_path}/inputs/metadata/other.csv"
+    assert str(layout.config_file("x.json")) == f"{tmp_path}/inputs/config/x.json"
+    assert str(layout.config_file("gs://b/c.json")) == "gs://b/c.json"
+    assert str(layout.config_file("/abs/c.json")) == "/abs/c.json"
+
+
+@pytest.mark.parametrize("relative", ["../secret.tif", "w1/../../x.tif", "/etc/passwd", "gs://other/x.tif", ""])
+def test_paths_escaping_the_images_folder_are_refused(tmp_path, relative):
+    layout = ProjectLayout.create(tmp_path)
+    with pytest.raises(UnsafePathError):
+        layout.image_file(relative)
+
+
+def test_absolute_paths_inside_root_are_accepted(tmp_path):
+    layout = ProjectLayout.create(tmp_path)
+    inside = f"{tmp_path}/inputs/images/w1/a.tif"
+    assert str(layout.image_file(inside)) == inside
+    assert str(resolve_inside(layout.images_dir, "w1/./b.tif")) == f"{tmp_path}/inputs/images/w1/b.tif"
+
+
+@pytest.mark.parametrize("bad", ["", "a/b", "..", "."])
+def test_experiment_names_must_be_plain(tmp_path, bad):
+    with pytest.raises(ValueError, match="--exp"):
+        ProjectLayout.create(tmp_path, experiment=bad)
+
+
+def test_storage_path_joins_without_string_concatenation():
+    base = StoragePath("gs://bucket//a/")
+    assert str(base / "b" / "c.txt") == "gs://bucket/a/b/c.txt"
+    assert (base / "b").parent == StoragePath("gs://bucket/a")
+    assert StoragePath("gs://bucket/a/b.tif").with_suffix(".png").name == "b.png"
+    with pytest.raises(ValueError):
+        base / "/etc"
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = StoragePath(str(tmp_path / "out" / "file.bin"))
+    with pytest.raises(RuntimeError):
+        with target.atomic_writer() as handle:
+            handle.write(b"partial")
+            raise RuntimeError("crash in the middle")
+    assert not target.exists()
+    assert os.listdir(tmp_path / "out") == []
+    target.write_bytes(b"complete")
+    assert target.read_bytes() == b"complete"
+    assert os.listdir(tmp_path / "out") == ["file.bin"]

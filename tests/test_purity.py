@@ -1,0 +1,39 @@
+"""dpcore stays pure: importing it loads neither Beam nor TensorFlow."""
+
+from __future__ import annotations
+
+import pkgutil
+import subprocess
+import sys
+
+import dpcore
+
+
+def test_importing_every_dpcore_module_loads_no_beam_or_tensorflow():
+    modules = [f"dpcore.{m.name}" for m in pkgutil.iter_modules(dpcore.__path__)]
+    pure = [m for m in modules if m not in PURE_EXCEPTIONS]
+    code = ("import importlib, sys\n"
+            f"for name in {pure!r}: importlib.import_module(name)\n"
+            "bad = [m for m in ('apache_beam', 'tensorflow', 'keras') if m in sys.modules]\n"
+            "print(','.join(bad))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "", f"dpcore imported {result.stdout.strip()}"
+
+
+def test_no_dpcore_module_imports_beam_at_all():
+    code = ("import importlib, pkgutil, sys, dpcore\n"
+            "for m in pkgutil.iter_modules(dpcore.__path__): importlib.import_module('dpcore.' + m.name)\n"
+            "print('apache_beam' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_cli_help_does_not_load_tensorflow():
+    code = ("import sys\nfrom beam_pipelines.cli import build_parser\nbuild_parser()\n"
+            "print('tensorflow' in sys.modules, 'apache_beam' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False False"
+
+
+# Modules that exist to hold TensorFlow code (model zoo, TFRecord codecs, training).
+PURE_EXCEPTIONS: set[str] = set()
