@@ -75,7 +75,7 @@ def _configure_logging(level_name: str) -> None:
         raise UsageError(f"--log-level must be DEBUG, INFO, WARNING or ERROR, got {level_name!r}")
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     # TensorFlow and Beam are chatty at INFO; keep their warnings.
-    for noisy in ("absl", "tensorflow", "apache_beam.runners", "apache_beam.io"):
+    for noisy in ("absl", "tensorflow", "apache_beam"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 

@@ -13,7 +13,7 @@ import logging
 
 import numpy as np
 import tifffile
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from dpcore.storage import StoragePath
 
@@ -40,7 +40,7 @@ def decode_image(data: bytes, source: str) -> np.ndarray:
             raise ImageReadError(f"{source}: not a TIFF or PNG file (starts with {data[:8]!r})")
     except ImageReadError:
         raise
-    except (ValueError, OSError, UnidentifiedImageError, tifffile.TiffFileError, IndexError, KeyError) as error:
+    except Exception as error:  # noqa: BLE001 -- codecs raise anything on corrupt bytes (zlib.error, struct.error...)
         raise ImageReadError(f"{source}: corrupt or truncated image ({type(error).__name__}: {error})") from error
     if array.ndim == 3 and array.shape[-1] in (3, 4):
         # A grey image saved as RGB(A) holds the same value in every colour channel.
@@ -81,8 +81,8 @@ def image_shape(path: StoragePath) -> tuple[int, int]:
                     return image.height, image.width
     except FileNotFoundError as error:
         raise ImageReadError(f"{path}: file not found") from error
-    except (ValueError, OSError, UnidentifiedImageError, tifffile.TiffFileError, IndexError) as error:
-        raise ImageReadError(f"{path}: corrupt or unreadable header ({error})") from error
+    except Exception as error:  # noqa: BLE001 -- as in decode_image: any parser error means a bad file
+        raise ImageReadError(f"{path}: corrupt or unreadable header ({type(error).__name__}: {error})") from error
     raise ImageReadError(f"{path}: not a TIFF or PNG file")
 
 

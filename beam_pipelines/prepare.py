@@ -1,0 +1,404 @@
+"""``dpbeam prepare``: illumination statistics and compression as a Beam pipeline.
+
+::
+
+    ReadIndex -> Reshuffle -> ReadSiteContributions --(failed)------------------> dead letters
+                                  | (plate, accumulator)
+                             CombinePerKey(PlateIlluminationCombineFn)
+                                  |
+                             WritePlateStatistics  -> outputs/intensities/<plate>/<plate>.npz + pictures
+                                  | (plate, npz path)  [side input]
+    sites ------------------> CompressSite ------(failed)-----------------------> dead letters
+                                  | (plate, control histogram)
+                             CombinePerKey(sum) -> FinalizePlate -> npz with controls_distribution,
+                                                                    <plate>/prepare.json (commit marker)
+
+The arithmetic lives in ``dpcore.illumination`` and ``dpcore.compression``.
+Commits: a plate's statistics when its ``.npz`` is renamed into place, an image
+when its PNG is, a plate when ``prepare.json`` is written last. A re-run skips
+committed plates and images unless ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, replace
+from typing import Iterable, Iterator
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from dpcore.compression import compress_channel, control_histogram, illumination_picture
+from dpcore.config import Config
+from dpcore.illumination import (PlateAccumulator, compute_statistics, merge_accumulators, read_statistics,
+                                 site_contribution, write_statistics)
+from dpcore.images import ImageReadError, decode_image, encode_png, read_image
+from dpcore.layout import ProjectLayout, UnsafePathError
+from dpcore.metadata import Site, load_sites, read_index, sites_from_index
+from dpcore.storage import StoragePath
+
+from beam_pipelines.context import CommandContext
+from beam_pipelines.dead_letter import WriteDeadLetters, failure, read_failures
+from beam_pipelines.progress import counter_values, inc_counter
+
+logger = logging.getLogger(__name__)
+
+NAMESPACE = "dpbeam.prepare"
+MANIFEST_NAME = "prepare.json"
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    """The config fields prepare uses, small and picklable for the workers."""
+
+    layout: ProjectLayout
+    channels: tuple[str, ...]
+    bits: int
+    height: int
+    width: int
+    down_scale_factor: float
+    median_filter_size: int
+    compress: bool
+    scaling_factor: float
+    label_field: str | None
+    control_value: str | None
+    overwrite: bool = False
+
+    @classmethod
+    def from_config(cls, layout: ProjectLayout, config: Config, overwrite: bool = False) -> "PrepareSettings":
+        images = config.dataset.images
+        illumination = config.prepare.illumination_correction
+        compression = config.prepare.compression
+        return cls(layout=layout, channels=config.channels, bits=images.bits, height=images.height,
+                   width=images.width, down_scale_factor=illumination.down_scale_factor,
+                   median_filter_size=illumination.median_filter_size, compress=compression.implement,
+                   scaling_factor=compression.scaling_factor, label_field=config.dataset.metadata.label_field,
+                   control_value=config.dataset.metadata.control_value, overwrite=overwrite)
+
+    @property
+    def fingerprint(self) -> dict:
+        """The settings a plate's outputs depend on, recorded in its manifest."""
+        values = asdict(self)
+        for transient in ("layout", "overwrite"):
+            values.pop(transient)
+        values["channels"] = list(self.channels)
+        return values
+
+    def plate_dir(self, plate: str) -> StoragePath:
+        return self.layout.intensities_file(plate).parent
+
+    def manifest(self, plate: str) -> StoragePath:
+        return self.plate_dir(plate) / MANIFEST_NAME
+
+    def is_control(self, site: Site) -> bool:
+        if not self.label_field or self.control_value is None:
+            return False
+        return site.as_dict().get(self.label_field) == self.control_value
+
+    @property
+    def failures_file(self) -> StoragePath:
+        return self.layout.intensities_dir / "_failed" / "prepare-failures.jsonl"
+
+
+# ---------------------------------------------------------------- statistics
+class ReadSiteContribution(beam.DoFn):
+    """Read a site's channels and reduce them at once to its statistics contribution."""
+
+    def __init__(self, settings: PrepareSettings):
+        self.settings = settings
+
+    def process(self, site: Site) -> Iterator:
+        s = self.settings
+        try:
+            paths = [s.layout.image_file(relative) for relative in site.channel_files]
+            stack = np.stack([read_image(path, (s.height, s.width)) for path in paths], axis=-1)
+        except (ImageReadError, UnsafePathError) as error:
+            inc_counter(NAMESPACE, "sites_failed")
+            yield beam.pvalue.TaggedOutput("failed", failure("statistics", site.key, str(error)))
+        else:
+            inc_counter(NAMESPACE, "images_read", len(paths))
+            yield site.plate, site_contribution(stack, s.bits, s.down_scale_factor, source=str(paths[0]))
+
+
+class PlateIlluminationCombineFn(beam.CombineFn):
+    """Per-plate statistics: every step is an exact, order-independent sum."""
+
+    def create_accumulator(self) -> PlateAccumulator:
+        return PlateAccumulator()
+
+    def add_input(self, accumulator: PlateAccumulator, contribution: PlateAccumulator) -> PlateAccumulator:
+        return merge_accumulators([accumulator, contribution])
+
+    def merge_accumulators(self, accumulators: Iterable[PlateAccumulator]) -> PlateAccumulator:
+        return merge_accumulators(accumulators)
+
+    def extract_output(self, accumulator: PlateAccumulator) -> PlateAccumulator:
+        return accumulator
+
+
+class WritePlateStatistics(beam.DoFn):
+    """Derive the plate's statistics, publish its ``.npz`` and illumination pictures."""
+
+    def __init__(self, settings: PrepareSettings):
+        self.settings = settings
+
+    def process(self, element: tuple[str, PlateAccumulator]) -> Iterator:
+        plate, accumulator = element
+        s = self.settings
+        try:
+            stats = compute_statistics(plate, s.channels, accumulator, s.median_filter_size)
+        except ValueError as error:
+            yield beam.pvalue.TaggedOutput("failed", failure("statistics", f"plate {plate}", str(error)))
+        else:
+            yield self._publish(plate, stats)
+
+    def _publish(self, plate: str, stats) -> tuple[str, str]:
+        s = self.settings
+        for c, channel in enumerate(s.channels):
+            picture = s.plate_dir(plate) / f"{plate}_illumination_{channel}.png"
+            picture.write_bytes(illumination_picture(stats.illum_correction_function[:, :, c], f"{plate} {channel}"))
+        path = s.layout.intensities_file(plate)
+        write_statistics(path, stats)  # the plate's statistics are committed here
+        inc_counter(NAMESPACE, "plates_computed")
+        logger.info("plate %s: statistics of %d site(s) written to %s", plate, stats.image_count, path)
+        return plate, str(path)
+
+
+# --------------------------------------------------------------- compression
+class CompressSite(beam.DoFn):
+    """Correct, compress and publish a site's channel PNGs; emit its control histogram.
+
+    Every channel still to do is read before any PNG is written, so a site with
+    one unreadable channel fails whole instead of leaving half its PNGs behind.
+    """
+
+    # Plates' functions are tens of MB each: keep only the last few per DoFn instance.
+    CACHED_PLATES = 4
+
+    def __init__(self, settings: PrepareSettings):
+        self.settings = settings
+
+    def setup(self) -> None:
+        self._statistics: OrderedDict[str, object] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _plate_statistics(self, path: str):
+        with self._lock:
+            if path in self._statistics:
+                self._statistics.move_to_end(path)
+            else:
+                self._statistics[path] = read_statistics(StoragePath(path))
+                while len(self._statistics) > self.CACHED_PLATES:
+                    self._statistics.popitem(last=False)
+            return self._statistics[path]
+
+    def process(self, site: Site, ready_plates: dict) -> Iterator:
+        # A plate without statistics is reported once per plate, not per site.
+        if site.plate in ready_plates:
+            try:
+                yield site.plate, self._compress(site, self._plate_statistics(ready_plates[site.plate]))
+            except (ImageReadError, UnsafePathError) as error:
+                inc_counter(NAMESPACE, "sites_failed")
+                yield beam.pvalue.TaggedOutput("failed", failure("compression", site.key, str(error)))
+
+    def _compress(self, site: Site, stats) -> np.ndarray:
+        s = self.settings
+        targets = [s.layout.compressed_image_file(site.plate, relative) for relative in site.channel_files]
+        compressed = [None if s.overwrite else self._committed(target) for target in targets]
+        raw = {c: read_image(s.layout.image_file(site.channel_files[c]), (s.height, s.width))
+               for c, done in enumerate(compressed) if done is None}
+        for c, image in raw.items():
+            compressed[c] = compress_channel(image, stats.illum_correction_function[:, :, c], s.scaling_factor,
+                                             float(stats.upper_percentiles[c]))
+            targets[c].write_bytes(encode_png(compressed[c]))  # the image is committed here
+        inc_counter(NAMESPACE, "pngs_written", len(raw))
+        inc_counter(NAMESPACE, "pngs_already_committed", len(targets) - len(raw))
+        histograms = np.zeros((len(s.channels), 256), dtype=np.float64)
+        if s.is_control(site):
+            inc_counter(NAMESPACE, "control_sites")
+            histograms = np.stack([control_histogram(image) for image in compressed])
+        return histograms
+
+    @staticmethod
+    def _committed(target: StoragePath) -> np.ndarray | None:
+        """The PNG an earlier run published (re-read: its histogram may be needed), or None.
+
+        A PNG only exists under its final name once complete, so one that does not
+        decode was damaged later; it is recomputed rather than trusted.
+        """
+        try:
+            return decode_image(target.read_bytes(), str(target)) if target.exists() else None
+        except ImageReadError:
+            return None
+
+
+class FinalizePlate(beam.DoFn):
+    """Store the controls distribution, then write the plate's commit marker."""
+
+    def __init__(self, settings: PrepareSettings):
+        self.settings = settings
+
+    def process(self, element: tuple[str, np.ndarray | None], ready_plates: dict) -> Iterator:
+        plate, controls = element
+        s = self.settings
+        path = ready_plates[plate]
+        stats = read_statistics(StoragePath(path))
+        if s.compress:
+            stats = replace(stats, controls_distribution=np.asarray(controls, dtype=np.float64))
+            write_statistics(StoragePath(path), stats)
+        manifest = {"plate": plate, "images_per_channel": stats.image_count, "compressed": s.compress,
+                    "settings": s.fingerprint}
+        s.manifest(plate).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        inc_counter(NAMESPACE, "plates_committed")
+        yield plate
+
+
+def _plates_without_statistics(plate: str, ready_plates: dict) -> Iterator[dict]:
+    if plate not in ready_plates:
+        yield failure("statistics", f"plate {plate}", "no readable image in this plate: no statistics")
+
+
+def _read_index_sites(index_path: str, channels: tuple[str, ...], plates: frozenset[str]) -> Iterator[Site]:
+    # Read on a worker, so an index of millions of sites never travels in the job graph.
+    for site in sites_from_index(read_index(index_path), channels, index_path):
+        if site.plate in plates:
+            yield site
+
+
+# ------------------------------------------------------------------ transform
+@dataclass
+class PreparePlates(beam.PTransform):
+    """The whole prepare dataflow for the plates in ``plates``.
+
+    ``resume_plates`` maps plates whose statistics an earlier run committed to
+    their ``.npz``: their statistics are loaded, not recomputed.
+    """
+
+    settings: PrepareSettings
+    index_path: str
+    plates: frozenset[str]
+    resume_plates: dict
+
+    def __post_init__(self):
+        super().__init__()
+        if not self.plates:
+            raise ValueError("PreparePlates needs at least one plate to process")
+
+    def expand(self, pbegin):
+        s = self.settings
+        sites = (
+            pbegin
+            | "IndexFile" >> beam.Create([self.index_path])
+            | "ReadIndex" >> beam.FlatMap(_read_index_sites, s.channels, self.plates)
+            | "SpreadSites" >> beam.Reshuffle()
+        )
+        contributions = (
+            sites
+            | "SitesNeedingStatistics" >> beam.Filter(lambda site, done: site.plate not in done,
+                                                      frozenset(self.resume_plates))
+            | "ReadSiteContributions" >> beam.ParDo(ReadSiteContribution(s)).with_outputs("failed", main="ok")
+        )
+        computed = (
+            contributions.ok
+            | "CombinePlateStatistics" >> beam.CombinePerKey(PlateIlluminationCombineFn())
+            | "WritePlateStatistics" >> beam.ParDo(WritePlateStatistics(s)).with_outputs("failed", main="ok")
+        )
+        resumed = pbegin | "ResumedPlates" >> beam.Create(sorted(self.resume_plates.items()))
+        ready = (computed.ok, resumed) | "ReadyPlates" >> beam.Flatten()
+        ready_dict = beam.pvalue.AsDict(ready)
+
+        missing = (
+            pbegin
+            | "AllPlates" >> beam.Create(sorted(self.plates))
+            | "PlatesWithoutStatistics" >> beam.FlatMap(_plates_without_statistics, ready_dict)
+        )
+        failures = [contributions.failed, computed.failed, missing]
+        if s.compress:
+            compressed = sites | "CompressSites" >> beam.ParDo(CompressSite(s), ready_dict).with_outputs(
+                "failed", main="ok")
+            failures.append(compressed.failed)
+            controls = compressed.ok | "SumControlHistograms" >> beam.CombinePerKey(sum)
+        else:
+            controls = ready | "NoCompression" >> beam.Map(lambda kv: (kv[0], None))
+        committed = controls | "FinalizePlates" >> beam.ParDo(FinalizePlate(s), ready_dict)
+        written = tuple(failures) | "AllFailures" >> beam.Flatten() | "DeadLetters" >> WriteDeadLetters(
+            s.failures_file)
+        return {"committed": committed, "failures_written": written}
+
+
+# -------------------------------------------------------------------- command
+def plan_plates(settings: PrepareSettings, plates: list[str]) -> tuple[list[str], dict, list[str]]:
+    """Split plates into (to process, statistics to reuse, already complete)."""
+    todo, resume, complete = [], {}, []
+    for plate in plates:
+        if settings.overwrite:
+            todo.append(plate)
+            continue
+        manifest = settings.manifest(plate)
+        if manifest.exists():
+            recorded = json.loads(manifest.read_text()).get("settings")
+            if recorded != settings.fingerprint:
+                logger.warning("plate %s was prepared with other settings (%s); keeping it. "
+                               "Use --overwrite to recompute with the current config.", plate, manifest)
+            complete.append(plate)
+            continue
+        todo.append(plate)
+        stats_file = settings.layout.intensities_file(plate)
+        if stats_file.exists():
+            resume[plate] = str(stats_file)
+    return todo, resume, complete
+
+
+def run(settings: PrepareSettings, plates: list[str], beam_args: Iterable[str] = (),
+        test_pipeline: beam.Pipeline | None = None) -> tuple[dict | None, list[str]]:
+    """Run prepare; return (counters, or None if nothing needed running; plates already complete)."""
+    todo, resume, complete = plan_plates(settings, plates)
+    if not todo:
+        return None, complete
+    logger.info("prepare: %d plate(s) to process (%d resuming from committed statistics), %d already complete",
+                len(todo), len(resume), len(complete))
+    pipeline = test_pipeline or beam.Pipeline(options=PipelineOptions(list(beam_args)))
+    _ = pipeline | "Prepare" >> PreparePlates(settings, str(settings.layout.index_file), frozenset(todo), resume)
+    result = pipeline.run()
+    result.wait_until_finish()
+    return counter_values(result, NAMESPACE), complete
+
+
+def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
+    config = context.load_config("prepare")
+    context = context.with_config_paths(config)
+    sites = load_sites(context.layout.index_file, config, "prepare")  # fail fast on a bad index
+    plates = sorted({site.plate for site in sites})
+    settings = PrepareSettings.from_config(context.layout, config, overwrite=args.overwrite)
+    emit(f"prepare: {len(plates)} plate(s), {len(sites)} site(s), {len(config.channels)} channel(s); "
+         f"compression {'on' if settings.compress else 'off'}")
+    counters, complete = run(settings, plates, context.beam_args)
+    failures = read_failures(settings.failures_file) if counters is not None else []
+    for plate in complete:
+        emit(f"plate {plate}: already complete ({settings.manifest(plate)}); --overwrite recomputes it")
+    if counters is not None:
+        emit("images read for statistics: {images_read}; plates computed: {plates_computed}; "
+             "plates committed: {plates_committed}".format_map(_Zero(counters)))
+        if settings.compress:
+            emit("PNGs written: {pngs_written}; already committed and kept: {pngs_already_committed}; "
+                 "control sites: {control_sites}".format_map(_Zero(counters)))
+    emit(f"outputs: {context.layout.intensities_dir} and "
+         f"{context.layout.compressed_images_dir if settings.compress else '(compression off)'}")
+    if failures:
+        emit(f"{len(failures)} failure(s), listed in {settings.failures_file}:")
+        for record in failures[:20]:
+            emit(f"  - [{record['stage']}] {record['item']}: {record['reason']}")
+        if len(failures) > 20:
+            emit(f"  ... and {len(failures) - 20} more")
+        return 1
+    return 0
+
+
+class _Zero(dict):
+    def __missing__(self, key: str) -> int:
+        return 0

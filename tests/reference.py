@@ -1,0 +1,61 @@
+"""Plain numpy/scipy/scikit-image versions of DeepProfiler's formulas.
+
+Written from the definitions in the prepare issue, independently of dpcore, so
+tests compare the pipeline against a second computation rather than itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.ndimage
+import skimage.exposure
+import skimage.morphology
+import skimage.transform
+import skimage.util
+import tifffile
+
+
+def read_stack(paths) -> np.ndarray:
+    return np.stack([tifffile.imread(p) for p in paths], axis=-1).astype(np.float64)
+
+
+def plate_statistics(stacks: list[np.ndarray], bits: int, down_scale_factor: float, median_filter_size: int) -> dict:
+    depth = 2 ** bits
+    channels = stacks[0].shape[-1]
+    histogram = np.zeros((channels, depth))
+    mean_image = None
+    for stack in stacks:
+        for c in range(channels):
+            histogram[c] += np.histogram(stack[:, :, c], bins=depth, range=(0, depth))[0]
+        shape = (stack.shape[0] / down_scale_factor, stack.shape[1] / down_scale_factor)
+        thumb = skimage.transform.resize(stack, shape, mode="reflect", anti_aliasing=True, preserve_range=True)
+        mean_image = thumb if mean_image is None else mean_image + thumb
+    mean_image = mean_image / len(stacks)
+    bins = np.arange(depth, dtype=np.float64)
+    probabilities = histogram / histogram.sum(axis=1, keepdims=True)
+    cumulative = np.cumsum(probabilities, axis=1)
+    lower = np.array([np.flatnonzero(cumulative[c] > 0.0001)[0] for c in range(channels)], dtype=np.float64)
+    upper = np.array([np.flatnonzero(cumulative[c] > 0.9999)[0] for c in range(channels)], dtype=np.float64)
+    footprint = skimage.morphology.disk(median_filter_size / 2)
+    functions = []
+    for c in range(channels):
+        filtered = scipy.ndimage.median_filter(mean_image[:, :, c].astype(np.uint16), footprint=footprint,
+                                               mode="nearest")
+        full = skimage.transform.resize(filtered, stacks[0].shape[:2], mode="reflect", anti_aliasing=True,
+                                        preserve_range=True)
+        robust_minimum = np.percentile(full, 2)
+        functions.append(np.maximum(full, robust_minimum) / robust_minimum)
+    return {
+        "histogram": histogram, "mean_image": mean_image, "lower_percentiles": lower, "upper_percentiles": upper,
+        "mean_values": (probabilities * bins).sum(axis=1), "illum_correction_function": np.stack(functions, -1),
+    }
+
+
+def compress(image: np.ndarray, function: np.ndarray, scaling_factor: float, plate_upper: float) -> np.ndarray:
+    corrected = image.astype(np.float64) / function
+    shape = (int(scaling_factor * corrected.shape[0]), int(scaling_factor * corrected.shape[1]))
+    corrected = skimage.transform.resize(corrected, shape, mode="reflect", anti_aliasing=True)
+    low = np.percentile(corrected, 0.05)
+    high = min(np.percentile(corrected, 99.95), plate_upper)
+    clipped = np.clip(corrected, low, high)
+    return skimage.util.img_as_ubyte(skimage.exposure.rescale_intensity(clipped, out_range=(0.0, 1.0)))

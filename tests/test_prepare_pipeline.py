@@ -1,0 +1,244 @@
+"""``dpbeam prepare`` end to end on the DirectRunner, on the real BBBC022 subset."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from PIL import Image
+
+from beam_pipelines.cli import main
+from tests import reference
+from tests.conftest import EXAMPLE, write_config
+
+pytestmark = pytest.mark.pipeline
+CHANNELS = ("DNA", "RNA", "ER", "AGP", "Mito")
+PLATE = "20585"
+
+
+class Output(list):
+    def __call__(self, line: str) -> None:
+        self.append(line)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self)
+
+
+def prepare(root: Path, *extra: str, config: str = "bbbc022.json") -> tuple[int, str]:
+    out = Output()
+    code = main(["--root", str(root), "--config", config, "prepare", *extra], emit=out)
+    return code, out.text
+
+
+def load_npz(root: Path, plate: str = PLATE) -> dict:
+    with np.load(root / f"outputs/intensities/{plate}/{plate}.npz", allow_pickle=False) as arrays:
+        return {k: arrays[k] for k in arrays.files}
+
+
+def png(root: Path, relative: str, plate: str = PLATE) -> np.ndarray:
+    name = Path(relative).with_suffix(".png").name
+    return np.asarray(Image.open(root / "outputs/compressed/images" / plate / name))
+
+
+def output_files(root: Path) -> dict[str, bytes]:
+    """Every output file except the npz (zip members carry timestamps), by relative path."""
+    out = root / "outputs"
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.suffix != ".npz"}
+
+
+def index_of(root: Path) -> pd.DataFrame:
+    return pd.read_csv(root / "inputs/metadata/index.csv", dtype=str, keep_default_na=False)
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory) -> tuple[Path, str]:
+    root = tmp_path_factory.mktemp("prepared") / "project"
+    shutil.copytree(EXAMPLE, root)
+    code, text = prepare(root)
+    assert code == 0, text
+    return root, text
+
+
+@pytest.fixture(scope="session")
+def independent(prepared) -> dict:
+    root, _ = prepared
+    index = index_of(root)
+    stacks = [reference.read_stack([root / "inputs/images" / row[c] for c in CHANNELS]) for _, row in index.iterrows()]
+    stats = reference.plate_statistics(stacks, bits=16, down_scale_factor=4, median_filter_size=24)
+    return {"index": index, "stacks": stacks, "stats": stats}
+
+
+def test_statistics_match_the_independent_computation(prepared, independent):
+    root, text = prepared
+    ours, theirs = load_npz(root), independent["stats"]
+    np.testing.assert_array_equal(ours["histogram"], theirs["histogram"])
+    np.testing.assert_array_equal(ours["lower_percentiles"], theirs["lower_percentiles"])
+    np.testing.assert_array_equal(ours["upper_percentiles"], theirs["upper_percentiles"])
+    np.testing.assert_allclose(ours["mean_values"], theirs["mean_values"], rtol=1e-12)
+    np.testing.assert_allclose(ours["mean_image"], theirs["mean_image"], rtol=1e-6)
+    np.testing.assert_allclose(ours["illum_correction_function"], theirs["illum_correction_function"], rtol=1e-6)
+    assert list(ours["channels"]) == list(CHANNELS)
+    assert tuple(ours["original_size"]) == (520, 696, 5)
+    assert "images read for statistics: 60" in text and "PNGs written: 60" in text
+
+
+def test_every_png_within_one_grey_level(prepared, independent):
+    root, _ = prepared
+    stats = independent["stats"]
+    for site, (_, row) in enumerate(independent["index"].iterrows()):
+        for c, channel in enumerate(CHANNELS):
+            expected = reference.compress(independent["stacks"][site][:, :, c], stats["illum_correction_function"][:, :, c],
+                                          1.0, stats["upper_percentiles"][c])
+            ours = png(root, row[channel])
+            assert ours.dtype == np.uint8 and ours.shape == (520, 696)
+            assert np.abs(ours.astype(int) - expected.astype(int)).max() <= 1, (row[channel])
+
+
+def test_controls_distribution_is_the_histogram_of_control_pngs(prepared, independent):
+    root, text = prepared
+    index = independent["index"]
+    controls = index[index["Treatment"] == "DMSO"]
+    expected = np.zeros((5, 256))
+    for _, row in controls.iterrows():
+        for c, channel in enumerate(CHANNELS):
+            expected[c] += np.bincount(png(root, row[channel]).ravel(), minlength=256)
+    np.testing.assert_array_equal(load_npz(root)["controls_distribution"], expected)
+    assert "control sites: 6" in text
+
+
+def test_pictures_and_commit_marker_are_written(prepared):
+    root, _ = prepared
+    plate_dir = root / "outputs/intensities" / PLATE
+    for channel in CHANNELS:
+        picture = Image.open(plate_dir / f"{PLATE}_illumination_{channel}.png")
+        assert picture.size == (696, 520)
+    manifest = json.loads((plate_dir / "prepare.json").read_text())
+    assert manifest["images_per_channel"] == 12 and manifest["settings"]["median_filter_size"] == 24
+    assert not list(root.rglob("*.tmp")), "temporary files left behind"
+    assert not (root / "outputs/intensities/_failed").exists()
+
+
+def test_rerun_skips_a_complete_plate(prepared):
+    root, _ = prepared
+    before = output_files(root)
+    code, text = prepare(root)
+    assert code == 0 and "already complete" in text
+    assert output_files(root) == before
+
+
+def test_bad_images_go_to_the_dead_letter_and_the_rest_completes(project, independent):
+    index = index_of(project)
+    images = project / "inputs/images"
+    corrupt, missing, small = index.loc[0, "DNA"], index.loc[7, "RNA"], index.loc[9, "Mito"]
+    (images / corrupt).write_bytes((images / corrupt).read_bytes()[:4000])   # truncated TIFF
+    (images / missing).unlink()
+    tifffile.imwrite(images / small, np.zeros((520, 600), np.uint16))
+
+    code, text = prepare(project)
+    assert code == 1
+    records = [json.loads(line) for line in
+               (project / "outputs/intensities/_failed/prepare-failures.jsonl").read_text().splitlines()]
+    reasons = {r["item"]: r["reason"] for r in records}
+    assert len(records) == 3, records
+    assert "corrupt or truncated" in reasons[f"{PLATE}/A01-1"] and Path(corrupt).name in reasons[f"{PLATE}/A01-1"]
+    assert "file not found" in reasons[f"{PLATE}/A13-2"] and Path(missing).name in reasons[f"{PLATE}/A13-2"]
+    assert "is 600x520" in reasons[f"{PLATE}/A13-4"]
+    assert "3 failure(s)" in text and "prepare-failures.jsonl" in text
+
+    # Statistics come from the 9 good sites and equal the independent computation on them.
+    good = [i for i in range(12) if i not in (0, 7, 9)]
+    expected = reference.plate_statistics([independent["stacks"][i] for i in good], 16, 4, 24)
+    ours = load_npz(project)
+    np.testing.assert_array_equal(ours["upper_percentiles"], expected["upper_percentiles"])
+    np.testing.assert_allclose(ours["illum_correction_function"], expected["illum_correction_function"], rtol=1e-6)
+    assert int(ours["image_count"]) == 9
+    written = list((project / "outputs/compressed/images" / PLATE).glob("*.png"))
+    assert len(written) == 9 * 5
+
+
+def test_a_plate_without_readable_images_is_reported(project):
+    index = index_of(project)
+    ghost = index.iloc[:2].copy()
+    ghost["Metadata_Plate"] = "GHOST"
+    for channel in CHANNELS:
+        ghost[channel] = "nowhere/" + ghost[channel].str.split("/").str[-1]
+    pd.concat([index, ghost]).to_csv(project / "inputs/metadata/index.csv", index=False)
+    code, text = prepare(project)
+    assert code == 1
+    assert "plate GHOST: no readable image in this plate" in text
+    assert (project / f"outputs/intensities/{PLATE}/prepare.json").exists()
+    assert not (project / "outputs/intensities/GHOST").exists()
+
+
+def test_resume_after_a_crash_recomputes_nothing_committed(project, prepared):
+    reference_root, _ = prepared
+    assert prepare(project)[0] == 0
+    # Simulate a crash after the statistics and some PNGs: drop the marker and a third of the PNGs.
+    (project / f"outputs/intensities/{PLATE}/prepare.json").unlink()
+    pngs = sorted((project / "outputs/compressed/images" / PLATE).glob("*.png"))
+    for path in pngs[::3]:
+        path.unlink()
+    code, text = prepare(project)
+    assert code == 0, text
+    assert "images read for statistics: 0" in text            # statistics were reused, not recomputed
+    assert f"PNGs written: {len(pngs[::3])}; already committed and kept: {60 - len(pngs[::3])}" in text
+    assert output_files(project) == output_files(reference_root)
+    np.testing.assert_array_equal(load_npz(project)["controls_distribution"],
+                                  load_npz(reference_root)["controls_distribution"])
+
+
+def test_overwrite_recomputes_everything(project):
+    assert prepare(project)[0] == 0
+    code, text = prepare(project, "--overwrite")
+    assert code == 0 and "images read for statistics: 60" in text and "PNGs written: 60" in text
+
+
+def test_killed_run_then_rerun_gives_identical_outputs(project, prepared):
+    reference_root, _ = prepared
+    command = [sys.executable, "-m", "beam_pipelines", "--root", str(project), "--config", "bbbc022.json", "prepare"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    pngs = project / "outputs/compressed/images" / PLATE
+    deadline = time.time() + 120
+    while time.time() < deadline and not (pngs.exists() and any(pngs.glob("*.png"))):
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (project / f"outputs/intensities/{PLATE}/prepare.json").exists(), "killed too late to test resume"
+    code, text = prepare(project)
+    assert code == 0, text
+    ours = {k: v for k, v in output_files(project).items()}
+    assert ours == output_files(reference_root)
+    for key, value in load_npz(reference_root).items():
+        np.testing.assert_array_equal(load_npz(project)[key], value, err_msg=key)
+
+
+def test_compression_off_writes_statistics_only(project, example_config_dict):
+    data = json.loads(json.dumps(example_config_dict))
+    data["prepare"]["compression"]["implement"] = False
+    name = write_config(project, data)
+    code, text = prepare(project, config=name)
+    assert code == 0, text
+    assert not list((project / "outputs").rglob("compressed/images/*/*.png"))
+    assert load_npz(project)["controls_distribution"].sum() == 0
+    assert json.loads((project / f"outputs/intensities/{PLATE}/prepare.json").read_text())["compressed"] is False
+
+
+def test_two_local_worker_processes_give_the_same_outputs(project, prepared):
+    reference_root, _ = prepared
+    code, text = prepare(project, "--direct_num_workers", "2", "--direct_running_mode", "multi_processing")
+    assert code == 0, text
+    assert output_files(project) == output_files(reference_root)
+    for key, value in load_npz(reference_root).items():
+        np.testing.assert_array_equal(load_npz(project)[key], value, err_msg=key)
