@@ -86,7 +86,13 @@ def image_shape(path: StoragePath) -> tuple[int, int]:
     raise ImageReadError(f"{path}: not a TIFF or PNG file")
 
 
-def encode_png(array: np.ndarray, compress_level: int = 6) -> bytes:
+# zlib level for PNGs we write. Measured on a 696x520 8-bit Cell Painting channel:
+# level 6 (Pillow's default) 45 ms and 169 kB, level 3 12 ms and 188 kB, level 1
+# 9 ms and 195 kB. Encoding at 6 was ~85% of prepare's time; 3 buys 3.7x for 11% more bytes.
+PNG_COMPRESS_LEVEL = 3
+
+
+def encode_png(array: np.ndarray, compress_level: int = PNG_COMPRESS_LEVEL) -> bytes:
     """Losslessly encode a 2-D uint8 or uint16 array as PNG."""
     if array.ndim != 2 or array.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"encode_png takes a 2-D uint8/uint16 array, got {array.dtype} {array.shape}")
