@@ -111,6 +111,9 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace a complete earlier export")
     parser.add_argument("--format", choices=("tfrecord", "png"), default="tfrecord",
                         help="tfrecord shards (default) or DeepProfiler's one-PNG-per-cell layout")
+    parser.add_argument("--gzip", action="store_true", help="GZIP-compress the TFRecord shards")
+    parser.add_argument("--shard-mb", type=float, default=128.0,
+                        help="target shard size in MB before compression (default: 128)")
 
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -140,8 +143,11 @@ COMMANDS: tuple[CommandSpec, ...] = (
                 "illumination-corrected 8-bit PNGs when prepare.compression.implement is true.",
                 _prepare_arguments, _pipeline("prepare"), uses_beam=True),
     CommandSpec("export-sc", "crop every cell into TFRecord shards with a Parquet index (Beam pipeline)",
-                "Export single-cell crops to outputs/<single-cells>/.", _export_arguments,
-                _not_yet(4, "export-sc"), uses_beam=True),
+                "Crop every cell (DeepProfiler's boxes, bilinear, min-max normalised) into TFRecord shards "
+                "under outputs/<single-cells>/ grouped by split (training, validation, other), with "
+                "sc-metadata.parquet/.csv, a montage.png of sample crops and manifest.json (written last). "
+                "A complete export is kept unless --overwrite; an incomplete one is replaced.",
+                _export_arguments, _pipeline("export_sc"), uses_beam=True),
     CommandSpec("train", "train a classifier on the exported crops (tf.distribute)",
                 "Train the configured model on the exported single-cell shards.", _train_arguments,
                 _not_yet(6, "train"), uses_beam=True),

@@ -37,3 +37,32 @@ def write_config(root: Path, data: dict, name: str = "test.json") -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data))
     return name
+
+
+class Output(list):
+    """Collects what a command emits, for assertions."""
+
+    def __call__(self, line: str) -> None:
+        self.append(line)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self)
+
+
+def run_cli(*argv: str) -> tuple[int, str]:
+    from beam_pipelines.cli import main
+
+    out = Output()
+    code = main(list(argv), emit=out)
+    return code, out.text
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory) -> tuple[Path, str]:
+    """The example project after one complete ``prepare`` (read-only for tests: copy before changing)."""
+    root = tmp_path_factory.mktemp("prepared") / "project"
+    shutil.copytree(EXAMPLE, root)
+    code, text = run_cli("--root", str(root), "--config", "bbbc022.json", "prepare")
+    assert code == 0, text
+    return root, text

@@ -59,3 +59,35 @@ def compress(image: np.ndarray, function: np.ndarray, scaling_factor: float, pla
     high = min(np.percentile(corrected, 99.95), plate_upper)
     clipped = np.clip(corrected, low, high)
     return skimage.util.img_as_ubyte(skimage.exposure.rescale_intensity(clipped, out_range=(0.0, 1.0)))
+
+
+def crop_cell(image: np.ndarray, x: float, y: float, box: int) -> np.ndarray:
+    """One DeepProfiler crop, written out pixel-row by pixel-row from the definition.
+
+    Box = centre +- box/2, normalised by the image size; sample k of n spans
+    y1*(H-1) .. y2*(H-1); samples outside [0, H-1] (or [0, W-1]) are 0;
+    bilinear between the four neighbours; then (x - min) / (max - min + 1e-6)
+    per channel.
+    """
+    height, width, channels = image.shape
+    y1, y2 = (y - box / 2) / height, (y + box / 2) / height
+    x1, x2 = (x - box / 2) / width, (x + box / 2) / width
+    out = np.zeros((box, box, channels))
+    for i in range(box):
+        sy = y1 * (height - 1) + i * (y2 - y1) * (height - 1) / (box - 1)
+        if sy < 0 or sy > height - 1:
+            continue
+        y0, dy = int(np.floor(sy)), sy - np.floor(sy)
+        y_next = min(y0 + 1, height - 1) if dy > 0 else y0
+        for j in range(box):
+            sx = x1 * (width - 1) + j * (x2 - x1) * (width - 1) / (box - 1)
+            if sx < 0 or sx > width - 1:
+                continue
+            x0, dx = int(np.floor(sx)), sx - np.floor(sx)
+            x_next = min(x0 + 1, width - 1) if dx > 0 else x0
+            top = image[y0, x0] * (1 - dx) + image[y0, x_next] * dx
+            bottom = image[y_next, x0] * (1 - dx) + image[y_next, x_next] * dx
+            out[i, j] = top * (1 - dy) + bottom * dy
+    low = out.min(axis=(0, 1))
+    high = out.max(axis=(0, 1))
+    return (out - low) / (high - low + 1e-6)

@@ -14,22 +14,11 @@ import tifffile
 
 from beam_pipelines import commands
 from beam_pipelines.cli import main
-from tests.conftest import write_config
-
-
-class Output(list):
-    def __call__(self, line: str) -> None:
-        self.append(line)
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self)
+from tests.conftest import run_cli, write_config
 
 
 def run(*argv: str) -> tuple[int, str]:
-    out = Output()
-    code = main(list(argv), emit=out)
-    return code, out.text
+    return run_cli(*argv)
 
 
 @pytest.mark.parametrize("command", [None] + [spec.name for spec in commands.COMMANDS])
@@ -162,7 +151,7 @@ def test_split_writes_parts_without_dividing_wells(project):
     assert code == 2 and "exceeds the number of wells (2)" in text
 
 
-@pytest.mark.parametrize("command, issue", [("export-sc", 4), ("train", 6), ("profile", 5)])
+@pytest.mark.parametrize("command, issue", [("train", 6), ("profile", 5)])
 def test_commands_not_built_yet_say_so_and_do_nothing(project, command, issue):
     code, text = run("--root", str(project), "--config", "bbbc022.json", command)
     assert code == 2 and f"issue #{issue}" in text

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,28 +16,16 @@ import pytest
 import tifffile
 from PIL import Image
 
-from beam_pipelines.cli import main
 from tests import reference
-from tests.conftest import EXAMPLE, write_config
+from tests.conftest import run_cli, write_config
 
 pytestmark = pytest.mark.pipeline
 CHANNELS = ("DNA", "RNA", "ER", "AGP", "Mito")
 PLATE = "20585"
 
 
-class Output(list):
-    def __call__(self, line: str) -> None:
-        self.append(line)
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self)
-
-
 def prepare(root: Path, *extra: str, config: str = "bbbc022.json") -> tuple[int, str]:
-    out = Output()
-    code = main(["--root", str(root), "--config", config, "prepare", *extra], emit=out)
-    return code, out.text
+    return run_cli("--root", str(root), "--config", config, "prepare", *extra)
 
 
 def load_npz(root: Path, plate: str = PLATE) -> dict:
@@ -60,15 +47,6 @@ def output_files(root: Path) -> dict[str, bytes]:
 
 def index_of(root: Path) -> pd.DataFrame:
     return pd.read_csv(root / "inputs/metadata/index.csv", dtype=str, keep_default_na=False)
-
-
-@pytest.fixture(scope="session")
-def prepared(tmp_path_factory) -> tuple[Path, str]:
-    root = tmp_path_factory.mktemp("prepared") / "project"
-    shutil.copytree(EXAMPLE, root)
-    code, text = prepare(root)
-    assert code == 0, text
-    return root, text
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,136 @@
+"""Single-cell crops, exactly as DeepProfiler cuts them, in numpy.
+
+DeepProfiler builds boxes of ``box_size`` around each nucleus centre, normalises
+them by the image size and cuts them with ``tf.image.crop_and_resize``
+(bilinear, zero outside the image). :func:`crop_and_resize` reproduces that op
+(same sampling grid, same interpolation, same extrapolation) so export and
+profiling need no TensorFlow session; tests compare it with TF itself.
+Crops are then min-max normalised per crop and per channel.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+NORMALISATION_EPSILON = 1e-6
+
+
+@dataclass(frozen=True)
+class CropBatch:
+    """The crops of one site that survived, and what was skipped."""
+
+    crops: np.ndarray          # (N, box, box, C) float32 in [0, 1]
+    kept: np.ndarray           # (N,) indices into the site's locations
+    outside: int = 0           # boxes wholly outside the image
+    invalid: int = 0           # crops containing NaN
+
+
+def cell_boxes(centres: np.ndarray, box_size: float, image_shape: tuple[int, int],
+               original_shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Normalised ``[y1, x1, y2, x2]`` boxes of ``box_size`` pixels (of the image read) around centres.
+
+    ``centres`` are (x, y) in the coordinates of the original image; when the
+    image read has another size (compression ``scaling_factor``), the centres
+    are scaled to it. Boxes are normalised by the real size of the image read,
+    which avoids DeepProfiler's issue #355 (crops silently wrong when the
+    configured size differed from the real one).
+    """
+    height, width = image_shape
+    original = original_shape or image_shape
+    centres = np.asarray(centres, dtype=np.float64).reshape(-1, 2)
+    x = centres[:, 0] * (width / original[1])
+    y = centres[:, 1] * (height / original[0])
+    half = box_size / 2.0
+    boxes = np.stack([y - half, x - half, y + half, x + half], axis=1)
+    boxes[:, [0, 2]] /= height
+    boxes[:, [1, 3]] /= width
+    return boxes
+
+
+def full_image_centres(height: int, width: int, view_size: int) -> np.ndarray:
+    """DeepProfiler's full-image grid: ceil(size / view) evenly spread tile centres per axis."""
+    if view_size > height or view_size > width:
+        raise ValueError(f"view_size {view_size} exceeds the image ({width}x{height})")
+    if view_size == width:
+        return np.array([[width / 2, height / 2]])
+    xs = np.linspace(view_size / 2, width - view_size / 2, int(np.ceil(width / view_size)))
+    ys = np.linspace(view_size / 2, height - view_size / 2, int(np.ceil(height / view_size)))
+    return np.array([[x, y] for x in xs for y in ys])
+
+
+def boxes_outside(boxes: np.ndarray) -> np.ndarray:
+    """True for boxes that do not overlap the image at all."""
+    return (boxes[:, 2] < 0) | (boxes[:, 0] > 1) | (boxes[:, 3] < 0) | (boxes[:, 1] > 1)
+
+
+def crop_and_resize(image: np.ndarray, boxes: np.ndarray, crop_size: int,
+                    extrapolation_value: float = 0.0) -> np.ndarray:
+    """``tf.image.crop_and_resize`` for one ``(H, W, C)`` image, bilinear.
+
+    Sample ``i`` of a box spans ``y1*(H-1) .. y2*(H-1)`` in ``crop_size`` steps;
+    rows or columns falling outside ``[0, H-1]`` take ``extrapolation_value``.
+    Computed in float32 like TensorFlow's kernel.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    height, width, channels = image.shape
+    boxes = np.asarray(boxes, dtype=np.float32)
+    steps = np.arange(crop_size, dtype=np.float32)
+    out = np.full((len(boxes), crop_size, crop_size, channels), extrapolation_value, dtype=np.float32)
+    for n, (y1, x1, y2, x2) in enumerate(boxes):
+        ys = _sample_positions(y1, y2, height, crop_size, steps)
+        xs = _sample_positions(x1, x2, width, crop_size, steps)
+        valid_y = (ys >= 0) & (ys <= height - 1)
+        valid_x = (xs >= 0) & (xs <= width - 1)
+        if not valid_y.any() or not valid_x.any():
+            continue
+        ys_v, xs_v = ys[valid_y], xs[valid_x]
+        top = np.floor(ys_v).astype(np.int64)
+        bottom = np.ceil(ys_v).astype(np.int64)
+        left = np.floor(xs_v).astype(np.int64)
+        right = np.ceil(xs_v).astype(np.int64)
+        y_lerp = (ys_v - top).astype(np.float32)[:, None, None]
+        x_lerp = (xs_v - left).astype(np.float32)[None, :, None]
+        top_left = image[top[:, None], left[None, :]]
+        top_right = image[top[:, None], right[None, :]]
+        bottom_left = image[bottom[:, None], left[None, :]]
+        bottom_right = image[bottom[:, None], right[None, :]]
+        upper = top_left + (top_right - top_left) * x_lerp
+        lower = bottom_left + (bottom_right - bottom_left) * x_lerp
+        out[n][np.ix_(valid_y, valid_x)] = upper + (lower - upper) * y_lerp
+    return out
+
+
+def _sample_positions(start: np.float32, end: np.float32, size: int, crop_size: int,
+                      steps: np.ndarray) -> np.ndarray:
+    if crop_size > 1:
+        scale = (end - start) * np.float32(size - 1) / np.float32(crop_size - 1)
+        return start * np.float32(size - 1) + steps * scale
+    return np.full(1, 0.5 * (start + end) * np.float32(size - 1), dtype=np.float32)
+
+
+def normalise_crops(crops: np.ndarray) -> np.ndarray:
+    """Per crop and per channel: ``(x - min) / (max - min + eps)``, in [0, 1]."""
+    low = crops.min(axis=(1, 2), keepdims=True)
+    high = crops.max(axis=(1, 2), keepdims=True)
+    return ((crops - low) / (high - low + NORMALISATION_EPSILON)).astype(np.float32)
+
+
+def cut_crops(image: np.ndarray, boxes: np.ndarray, box_size: int) -> CropBatch:
+    """Crop, drop what DeepProfiler could not use, normalise. ``image`` is ``(H, W, C)``."""
+    outside = boxes_outside(boxes)
+    inside = np.flatnonzero(~outside)
+    crops = crop_and_resize(image, boxes[inside], box_size) if inside.size else np.zeros(
+        (0, box_size, box_size, image.shape[-1]), np.float32)
+    finite = np.isfinite(crops).all(axis=(1, 2, 3))
+    crops = normalise_crops(crops[finite]) if finite.any() else crops[:0]
+    return CropBatch(crops=crops, kept=inside[finite], outside=int(outside.sum()), invalid=int((~finite).sum()))
+
+
+def quantise(crops: np.ndarray) -> np.ndarray:
+    """Normalised crops as uint8 (x 255, rounded to nearest), DeepProfiler's PNG export precision."""
+    return np.rint(np.clip(crops, 0.0, 1.0) * 255.0).astype(np.uint8)

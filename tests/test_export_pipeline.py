@@ -1,0 +1,193 @@
+"""``dpbeam export-sc`` end to end on the DirectRunner, on the real BBBC022 subset."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from dpcore import sc_records
+from tests import reference
+from tests.conftest import run_cli, write_config
+
+pytestmark = pytest.mark.pipeline
+CHANNELS = ("DNA", "RNA", "ER", "AGP", "Mito")
+
+
+def export(root: Path, *extra: str, config: str = "bbbc022.json") -> tuple[int, str]:
+    return run_cli("--root", str(root), "--config", config, "export-sc", *extra)
+
+
+def raw_config(project: Path, example_config_dict: dict, **locations) -> str:
+    """A config reading the original TIFFs (no prepare needed)."""
+    data = json.loads(json.dumps(example_config_dict))
+    data["prepare"]["compression"]["implement"] = False
+    data["dataset"]["locations"].update(locations)
+    return write_config(project, data)
+
+
+def read_shards(out: Path, box: int = 128) -> list[dict]:
+    files = sorted(str(p) for p in out.glob("*.tfrecord*"))
+    compression = "GZIP" if files and files[0].endswith(".gz") else ""
+    records = []
+    for file in files:
+        for parsed in sc_records.dataset([file], box, 5, compression, parallel_reads=1):
+            records.append({k: (v.numpy().decode() if v.dtype.name == "string" else v.numpy())
+                            for k, v in parsed.items()} | {"file": Path(file).name})
+    return records
+
+
+def shard_bytes(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.glob("*.tfrecord*"))}
+
+
+@pytest.fixture(scope="session")
+def exported(prepared, tmp_path_factory):
+    """The prepared example, exported from its compressed PNGs into small (multi-shard) TFRecords."""
+    root = tmp_path_factory.mktemp("exported") / "project"
+    shutil.copytree(prepared[0], root)
+    code, text = export(root, "--shard-mb", "10")
+    assert code == 0, text
+    return root, text
+
+
+def test_every_cell_inside_the_image_is_exported_exactly_once(exported):
+    root, text = exported
+    out = root / "outputs/single-cells"
+    index = pd.read_parquet(out / "sc-metadata.parquet")
+    locations = {p.stem.replace("-Nuclei", ""): pd.read_csv(p) for p in (root / "inputs/locations/20585").glob("*.csv")}
+    assert len(index) == sum(len(v) for v in locations.values()) == 808  # no BBBC022 centre lies outside
+    keys = list(zip(index["Metadata_Well"], index["Metadata_Site"], index["Cell_Index"]))
+    assert len(set(keys)) == len(keys)
+    records = read_shards(out)
+    assert len(records) == len(index)
+    by_key = {(r["well"], r["site"], int(r["cell_index"])): r for r in records}
+    assert set(by_key) == set(keys)
+    # The index points at each record: its shard file and its position in it.
+    for shard, recorded in index.groupby("Shard")["Record"].apply(list).items():
+        assert recorded == list(range(len(recorded))), shard
+        in_file = [(r["well"], r["site"], int(r["cell_index"])) for r in records if r["file"] == shard]
+        assert in_file == [k for k, s in zip(keys, index["Shard"]) if s == shard]
+    training = int((index["Split_Set"] == "training").sum())
+    assert f"cells exported: 808 (training {training}, validation {808 - training}, other 0)" in text
+
+
+def test_shards_hold_the_pixels_and_labels_of_the_definition(exported):
+    root, _ = exported
+    out = root / "outputs/single-cells"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["labels"] == ["DMSO", "NIFLUMIC ACID"]
+    records = read_shards(out)
+    index = pd.read_csv(root / "inputs/metadata/index.csv", dtype=str, keep_default_na=False)
+    checked = 0
+    for record in records[::97] + [r for r in records if r["center_y"] < 8][:3]:   # a spread, plus border cells
+        row = index[(index["Metadata_Well"] == record["well"]) & (index["Metadata_Site"] == record["site"])].iloc[0]
+        pngs = [root / "outputs/compressed/images/20585" / Path(row[c]).with_suffix(".png").name for c in CHANNELS]
+        image = np.stack([np.asarray(Image.open(p), dtype=np.float64) for p in pngs], axis=-1)
+        expected = reference.crop_cell(image, float(record["center_x"]), float(record["center_y"]), 128)
+        assert record["image"].shape == (128, 128, 5) and record["image"].dtype == np.uint8
+        assert np.abs(record["image"] / 255.0 - expected).max() <= 1 / 255 + 1e-9
+        assert record["label_name"] == row["Treatment"]
+        assert record["label"] == manifest["labels"].index(row["Treatment"])
+        assert record["split"] == ("training" if row["Split"] == "0" else "validation")
+        checked += 1
+    assert checked >= 10
+
+
+def test_manifest_counts_and_picture(exported):
+    root, _ = exported
+    out = root / "outputs/single-cells"
+    manifest = json.loads((out / "manifest.json").read_text())
+    index = pd.read_parquet(out / "sc-metadata.parquet")
+    assert manifest["feature_spec_version"] == sc_records.FEATURE_SPEC_VERSION
+    assert manifest["counts"]["training"] == int((index["Split_Set"] == "training").sum())
+    assert sum(manifest["counts"].values()) == 808
+    assert sum(manifest["counts_per_label"].values()) == 808
+    assert len(manifest["shards"]["training"]) > 1, "the test wants several shards"
+    for name in manifest["shards"]["training"] + manifest["shards"]["validation"]:
+        assert (out / name).exists() and "-of-" in name
+    csv = pd.read_csv(out / "sc-metadata.csv", dtype=str)
+    assert len(csv) == 808 and {"Nuclei_Location_Center_X", "Label", "Shard", "Record"} <= set(csv.columns)
+    montage = Image.open(out / "montage.png")
+    assert montage.size[0] == 5 * 128 and montage.size[1] >= 2 * 128
+
+
+def test_a_complete_export_is_kept_and_overwrite_replaces_it(exported, tmp_path):
+    root = tmp_path / "project"
+    shutil.copytree(exported[0], root)
+    out = root / "outputs/single-cells"
+    before = shard_bytes(out)
+    code, text = export(root, "--shard-mb", "10")
+    assert code == 0 and "already at" in text and "kept" in text
+    # An incomplete export (no manifest) is replaced, and the result is byte-identical.
+    (out / "manifest.json").unlink()
+    next(iter(out.glob("training-*"))).write_bytes(b"partial")
+    code, text = export(root, "--shard-mb", "10")
+    assert code == 0 and "removing an incomplete export" in text
+    assert shard_bytes(out) == before
+    code, text = export(root, "--shard-mb", "10", "--overwrite", "--direct_num_workers", "2",
+                        "--direct_running_mode", "multi_processing")
+    assert code == 0, text
+    assert shard_bytes(out) == before, "two worker processes must write the same shards"
+
+
+def test_bad_inputs_go_to_the_dead_letter_and_the_rest_completes(project, example_config_dict):
+    name = raw_config(project, example_config_dict)
+    index = pd.read_csv(project / "inputs/metadata/index.csv", dtype=str, keep_default_na=False)
+    (project / "inputs/images" / index.loc[0, "ER"]).write_bytes(b"not an image")
+    locations = project / "inputs/locations/20585"
+    (locations / "A01-2-Nuclei.csv").write_text("Nuclei_Location_Center_X,Nuclei_Location_Center_Y\n1,abc\n")
+    (locations / "A01-3-Nuclei.csv").write_text("Foo,Bar\n1,2\n")
+    missing_cells = len(pd.read_csv(locations / "A13-1-Nuclei.csv"))
+    (locations / "A13-1-Nuclei.csv").unlink()
+    code, text = export(project, config=name)
+    assert code == 1
+    failures = [json.loads(x) for x in
+                (project / "outputs/single-cells/_failed/export-failures.jsonl").read_text().splitlines()]
+    reasons = {f["item"]: f["reason"] for f in failures}
+    assert set(reasons) == {"20585/A01-1", "20585/A01-2", "20585/A01-3"}
+    assert "not a TIFF or PNG" in reasons["20585/A01-1"]
+    assert "non-numeric" in reasons["20585/A01-2"] and "line(s) 2" in reasons["20585/A01-2"]
+    assert "missing column(s)" in reasons["20585/A01-3"]
+    assert "1 site(s) have no locations file (no cells): 20585/A13-1" in text
+    manifest = json.loads((project / "outputs/single-cells/manifest.json").read_text())
+    lost = sum(len(pd.read_csv(Path(__file__).parent / f"data/bbbc022/inputs/locations/20585/{s}-Nuclei.csv"))
+               for s in ("A01-1", "A01-2", "A01-3"))
+    assert sum(manifest["counts"].values()) == 808 - lost - missing_cells
+    assert manifest["sites_without_locations"] == ["20585/A13-1"]
+
+
+def test_png_format_reproduces_deepprofilers_layout(project, example_config_dict):
+    name = raw_config(project, example_config_dict, box_size=64)
+    code, text = export(project, "--format", "png", config=name)
+    assert code == 0, text
+    out = project / "outputs/single-cells"
+    index = pd.read_csv(out / "sc-metadata.csv", dtype=str)
+    assert len(index) == 808 and "Image_Name" in index.columns
+    first = np.asarray(Image.open(out / index.loc[0, "Image_Name"]))
+    assert first.shape == (64, 64 * 5) and first.dtype == np.uint8
+    assert not list(out.glob("*.tfrecord"))
+
+
+def test_full_image_mode_exports_deepprofilers_tiles(project, example_config_dict):
+    name = raw_config(project, example_config_dict, mode="full_image", box_size=64, view_size=256)
+    code, text = export(project, "--gzip", config=name)
+    assert code == 0, text
+    out = project / "outputs/single-cells"
+    records = read_shards(out, box=64)
+    tiles_per_site = 3 * 3  # ceil(696/256) x ceil(520/256)
+    assert len(records) == 12 * tiles_per_site
+    assert all(name.endswith(".tfrecord.gz") for name in json.loads((out / "manifest.json").read_text())
+               ["shards"]["training"])
+
+
+def test_mask_objects_fails_clearly_before_any_work(project, example_config_dict):
+    name = raw_config(project, example_config_dict, mask_objects=True)
+    code, text = export(project, config=name)
+    assert code == 2 and "dataset.locations.mask_objects" in text and "not supported" in text
+    assert not (project / "outputs/single-cells").exists()
