@@ -11,3 +11,4 @@ set -x
 $DPBEAM setup
 $DPBEAM validate
 $DPBEAM prepare --direct_num_workers 2 --direct_running_mode multi_threading
+$DPBEAM export-sc
