@@ -124,6 +124,9 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
 def _profile_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--part", type=int, default=-1, help="profile only index-K.csv written by split")
     parser.add_argument("--overwrite", action="store_true", help="redo sites already committed")
+    parser.add_argument("--pretrained-weights", default=None,
+                        help="Keras ImageNet 'notop' weights file for repeat_channel_crop_generator "
+                             "(default: ROOT/inputs/pretrained/<Keras file name>); nothing is downloaded")
 
 
 COMMANDS: tuple[CommandSpec, ...] = (
@@ -152,8 +155,11 @@ COMMANDS: tuple[CommandSpec, ...] = (
                 "Train the configured model on the exported single-cell shards.", _train_arguments,
                 _not_yet(6, "train"), uses_beam=True),
     CommandSpec("profile", "extract per-cell features to Parquet (Beam RunInference)",
-                "Run the configured model over every cell and write features.", _profile_arguments,
-                _not_yet(5, "profile"), uses_beam=True),
+                "Cut every cell (as export-sc does), run the configured network over the crops with Beam "
+                "RunInference, batched by profile.batch_size across sites, and write one Parquet file per "
+                "site under outputs/<exp>/features/<plate>/ (Metadata_ columns + <model>_<i> features) and "
+                "a manifest. Sites already written are skipped unless --overwrite.",
+                _profile_arguments, _pipeline("profile"), uses_beam=True),
     CommandSpec("split", "split the index into N parts (index-000.csv ...) for profile --part",
                 "Write index-000.csv ... beside the index; wells are never divided between parts.",
                 _split_arguments, _run_split),

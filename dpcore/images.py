@@ -42,6 +42,9 @@ def decode_image(data: bytes, source: str) -> np.ndarray:
         raise
     except Exception as error:  # noqa: BLE001 -- codecs raise anything on corrupt bytes (zlib.error, struct.error...)
         raise ImageReadError(f"{source}: corrupt or truncated image ({type(error).__name__}: {error})") from error
+    if array.size == 0:
+        # tifffile returns an empty array for some damaged files instead of raising.
+        raise ImageReadError(f"{source}: corrupt or truncated image (no pixel data)")
     if array.ndim == 3 and array.shape[-1] in (3, 4):
         # A grey image saved as RGB(A) holds the same value in every colour channel.
         array = array[..., 0]

@@ -1,0 +1,182 @@
+"""The model zoo: one explicit registry shared by training and profiling.
+
+Every model is a backbone followed by DeepProfiler's head: global average
+pooling named ``pool5`` and a softmax layer named ``ClassProb``, so layer names
+in users' configs (``feature_layer``) keep meaning what they meant.
+
+The EfficientNet backbones are Keras' own, with its built-in input
+preprocessing (``Rescaling``, ``Normalization``) replaced by identities: the
+``efficientnet==1.1.1`` package DeepProfiler used has none, its layers
+otherwise carry the same names (``stem_conv``, ``block6a_activation``,
+``top_activation`` ...), and Keras' explicit ``*_pad`` layers pad exactly like
+that package's ``padding="same"``. Checkpoints therefore load by layer name and
+give DeepProfiler's numbers.
+
+This module imports TensorFlow/Keras; ``import dpcore`` does not import it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from dpcore.config import MODEL_CONV_BLOCKS
+
+logger = logging.getLogger(__name__)
+
+FEATURE_POOL = "pool5"
+CLASSIFIER = "ClassProb"
+L2_KERNEL_REGULARIZATION = 1e-5
+
+
+class ModelError(ValueError):
+    """A model, layer or weights file cannot be used; the message says what exists."""
+
+
+_EFFICIENTNETS = {
+    0: keras.applications.EfficientNetB0, 1: keras.applications.EfficientNetB1,
+    2: keras.applications.EfficientNetB2, 3: keras.applications.EfficientNetB3,
+    4: keras.applications.EfficientNetB4, 5: keras.applications.EfficientNetB5,
+    6: keras.applications.EfficientNetB6, 7: keras.applications.EfficientNetB7,
+}
+_RESNETS = {50: keras.applications.ResNet50, 101: keras.applications.ResNet101,
+            152: keras.applications.ResNet152}
+
+
+def _without_preprocessing(model: keras.Model) -> keras.Model:
+    """Clone a functional model with Rescaling/Normalization layers turned into identities."""
+    def clone(layer):
+        if isinstance(layer, (keras.layers.Rescaling, keras.layers.Normalization)):
+            return keras.layers.Identity(name=layer.name)
+        return layer.__class__.from_config(layer.get_config())
+    return keras.models.clone_model(model, clone_function=clone)
+
+
+def efficientnet_backbone(input_shape: tuple[int, int, int], conv_blocks: int) -> keras.Model:
+    if conv_blocks not in _EFFICIENTNETS:
+        raise ModelError(f"efficientnet conv_blocks must be 0-7 (B0-B7), got {conv_blocks}")
+    base = _EFFICIENTNETS[conv_blocks](include_top=False, weights=None, input_shape=input_shape)
+    return _without_preprocessing(base)
+
+
+def resnet_backbone(input_shape: tuple[int, int, int], conv_blocks: int) -> keras.Model:
+    if conv_blocks not in _RESNETS:
+        raise ModelError(f"resnet conv_blocks must be 50, 101 or 152, got {conv_blocks}")
+    return _RESNETS[conv_blocks](include_top=False, weights=None, input_shape=input_shape)
+
+
+def inception_resnet_v2_backbone(input_shape: tuple[int, int, int], conv_blocks: int) -> keras.Model:
+    del conv_blocks
+    if min(input_shape[:2]) < 75:
+        raise ModelError(f"inception_resnet_v2 needs inputs of at least 75x75, got {input_shape[:2]}")
+    return keras.applications.InceptionResNetV2(include_top=False, weights=None, input_shape=input_shape)
+
+
+def cnn_backbone(input_shape: tuple[int, int, int], conv_blocks: int) -> keras.Model:
+    """DeepProfiler's small CNN: conv-BN-ReLU-maxpool blocks doubling the filters (32, 64, 128, 256)."""
+    del conv_blocks
+    inputs = keras.Input(input_shape, name="input")
+    x = inputs
+    for block, filters in enumerate((32, 64, 128, 256), start=1):
+        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{block}")(x)
+        x = keras.layers.BatchNormalization(name=f"conv{block}_bn")(x)
+        x = keras.layers.Activation("relu", name=f"conv{block}_activation")(x)
+        x = keras.layers.MaxPooling2D(2, name=f"conv{block}_pool")(x)
+    return keras.Model(inputs, x, name="cnn")
+
+
+MODEL_REGISTRY: dict[str, Callable[[tuple[int, int, int], int], keras.Model]] = {
+    "efficientnet": efficientnet_backbone,
+    "resnet": resnet_backbone,
+    "inception_resnet_v2": inception_resnet_v2_backbone,
+    "cnn": cnn_backbone,
+}
+assert set(MODEL_REGISTRY) == set(MODEL_CONV_BLOCKS), "config vocabulary and registry must agree"
+
+
+def available_models() -> list[str]:
+    return sorted(MODEL_REGISTRY)
+
+
+def backbone(name: str, input_shape: tuple[int, int, int], conv_blocks: int = 0) -> keras.Model:
+    if name not in MODEL_REGISTRY:
+        raise ModelError(f"unknown model {name!r}; available: {', '.join(available_models())}")
+    with warnings.catch_warnings():
+        # Keras warns that ImageNet models "usually expect 1 or 3 input channels"; Cell Painting has 5.
+        warnings.filterwarnings("ignore", message="This model usually expects")
+        return MODEL_REGISTRY[name](tuple(input_shape), conv_blocks)
+
+
+def classifier(name: str, input_shape: tuple[int, int, int], num_classes: int, conv_blocks: int = 0,
+               regularize: bool = False) -> keras.Model:
+    """Backbone + DeepProfiler's head (``pool5``, ``ClassProb``)."""
+    base = backbone(name, input_shape, conv_blocks)
+    if regularize:
+        for layer in base.layers:
+            if hasattr(layer, "kernel_regularizer"):
+                layer.kernel_regularizer = keras.regularizers.L2(L2_KERNEL_REGULARIZATION)
+    features = keras.layers.GlobalAveragePooling2D(name=FEATURE_POOL)(base.output)
+    regularizer = keras.regularizers.L2(L2_KERNEL_REGULARIZATION) if regularize else None
+    probabilities = keras.layers.Dense(num_classes, activation="softmax", name=CLASSIFIER,
+                                       kernel_regularizer=regularizer)(features)
+    return keras.Model(base.input, probabilities, name=f"{name}_classifier")
+
+
+def layer_names(model: keras.Model) -> list[str]:
+    return [layer.name for layer in model.layers]
+
+
+def feature_extractor(model: keras.Model, layer_name: str) -> keras.Model:
+    """A model from the input to ``layer_name``, its output mean-pooled over space to a vector."""
+    names = layer_names(model)
+    if layer_name not in names:
+        close = difflib.get_close_matches(layer_name, names, n=5, cutoff=0.5)
+        hint = f"; close matches: {', '.join(close)}" if close else ""
+        raise ModelError(f"profile.feature_layer {layer_name!r} is not a layer of {model.name}{hint}")
+    output = model.get_layer(layer_name).output
+    if len(output.shape) == 4:
+        output = keras.layers.GlobalAveragePooling2D(name=f"{layer_name}_spatial_mean")(output)
+    elif len(output.shape) != 2:
+        raise ModelError(f"layer {layer_name!r} has output shape {output.shape}; expected an image or a vector")
+    return keras.Model(model.input, output, name=f"features_{layer_name}")
+
+
+@dataclass(frozen=True)
+class RepeatChannelSpec:
+    """DeepProfiler's ImageNet baseline: each channel as a grey->RGB image of ``input_size``."""
+
+    channels: int
+    input_size: int
+
+
+def repeat_channel_extractor(per_image: keras.Model, spec: RepeatChannelSpec,
+                             crop_shape: tuple[int, int]) -> keras.Model:
+    """Wrap an RGB feature model: (N, h, w, C) crops in [0, 1] -> (N, C * D) features.
+
+    Every channel is repeated into three, resized to the pretrained input size,
+    scaled to [-1, 1] and run through ``per_image``; the per-channel vectors are
+    concatenated in channel order.
+    """
+    inputs = keras.Input((*crop_shape, spec.channels), name="crops")
+    channels_first = keras.ops.transpose(inputs, (0, 3, 1, 2))                        # N, C, h, w
+    singles = keras.ops.reshape(channels_first, (-1, crop_shape[0], crop_shape[1], 1))  # N*C, h, w, 1
+    rgb = keras.ops.repeat(singles, 3, axis=-1)
+    resized = keras.layers.Resizing(spec.input_size, spec.input_size, interpolation="bilinear",
+                                     name="to_pretrained_size")(rgb)
+    scaled = resized * 2.0 - 1.0
+    vectors = per_image(scaled)                                                         # N*C, D
+    features = keras.ops.reshape(vectors, (-1, spec.channels * vectors.shape[-1]))
+    return keras.Model(inputs, features, name="repeat_channel_features")
+
+
+def predict_function(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
+    """A compiled forward pass (a ``tf.function``), several times faster than eager calls."""
+    call = tf.function(lambda batch: model(batch, training=False), reduce_retracing=True)
+    return lambda batch: call(tf.convert_to_tensor(batch)).numpy()

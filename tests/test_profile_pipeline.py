@@ -1,0 +1,250 @@
+"""``dpbeam profile`` end to end: features equal a direct Keras call, schema, resume, faults."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from dpcore import models  # noqa: E402
+from dpcore.checkpoints import load_weights_by_name, save_weights  # noqa: E402
+from dpcore.config import parse_config  # noqa: E402
+from dpcore.layout import ProjectLayout  # noqa: E402
+from dpcore.metadata import load_sites  # noqa: E402
+from dpcore.single_cells import CellSource  # noqa: E402
+from dpcore.storage import StoragePath  # noqa: E402
+from tests.conftest import EXAMPLE, run_cli, write_config  # noqa: E402
+
+pytestmark = pytest.mark.pipeline
+BOX = 64
+SITES = [("A01", "1"), ("A01", "7"), ("A13", "1"), ("A13", "7")]
+
+
+@pytest.fixture()
+def small(tmp_path, example_config_dict):
+    """Four real sites, original TIFFs, 64-pixel boxes, an EfficientNet-B0 checkpoint of our own."""
+    root = tmp_path / "project"
+    shutil.copytree(EXAMPLE, root)
+    index = pd.read_csv(root / "inputs/metadata/index.csv", dtype=str, keep_default_na=False)
+    keep = index[[(w, s) in SITES for w, s in zip(index["Metadata_Well"], index["Metadata_Site"])]]
+    keep.to_csv(root / "inputs/metadata/index.csv", index=False)
+    data = json.loads(json.dumps(example_config_dict))
+    data["prepare"]["compression"]["implement"] = False
+    data["dataset"]["locations"]["box_size"] = BOX
+    data["profile"]["batch_size"] = 16
+    name = write_config(root, data)
+    keras.utils.set_random_seed(3)
+    model = models.classifier("efficientnet", (BOX, BOX, 5), 2)
+    save_weights(model, StoragePath(str(root / "outputs/results/checkpoint/checkpoint_0003.hdf5")))
+    return root, name, data
+
+
+def profile(root: Path, config: str, *extra: str) -> tuple[int, str]:
+    return run_cli("--root", str(root), "--config", config, "profile", *extra)
+
+
+def features_of(root: Path) -> pd.DataFrame:
+    files = sorted((root / "outputs/results/features").glob("*/*.parquet"))
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+def site_crops(root: Path, data: dict, well: str, site: str):
+    config = parse_config(data)
+    layout = ProjectLayout.create(root)
+    chosen = [s for s in load_sites(layout.index_file, config, "profile") if (s.well, s.site) == (well, site)][0]
+    return CellSource.from_config(layout, config).cut(chosen)
+
+
+def keras_features(model_file: Path, classes: int, layer: str, crops: np.ndarray) -> np.ndarray:
+    """The reference: Keras' own by-name loader, the layer's output averaged over space."""
+    network = models.classifier("efficientnet", (BOX, BOX, 5), classes)
+    network.load_weights(str(model_file), by_name=True, skip_mismatch=True)
+    output = keras.Model(network.input, network.get_layer(layer).output)(crops, training=False)
+    return np.asarray(output).mean(axis=(1, 2))
+
+
+def test_features_equal_a_direct_keras_call_on_the_same_crops(small):
+    root, name, data = small
+    code, text = profile(root, name)
+    assert code == 0, text
+    frame = features_of(root)
+    cut = site_crops(root, data, "A13", "7")
+    expected = keras_features(root / "outputs/results/checkpoint/checkpoint_0003.hdf5", 2, "block6a_activation",
+                              cut.batch.crops)
+    rows = frame[(frame["Metadata_Well"] == "A13") & (frame["Metadata_Site"] == "7")].sort_values(
+        "Metadata_Cell_Index")
+    ours = rows[[c for c in frame.columns if c.startswith("efficientnet_")]].to_numpy()
+    assert ours.shape == expected.shape == (len(cut.batch.kept), 672)
+    np.testing.assert_allclose(ours, expected, atol=1e-5, rtol=0)
+
+
+def _write_deepprofiler_checkpoint(model, path: Path) -> None:
+    """A Keras-2 ``save_weights`` file as DeepProfiler wrote it, built directly with h5py."""
+    with h5py.File(path, "w") as f:
+        names = ["input_1"] + [layer.name for layer in model.layers if layer.weights]
+        f.attrs["layer_names"] = [n.encode() for n in names]
+        f.attrs["backend"] = b"tensorflow"
+        f.attrs["keras_version"] = b"2.4.0"
+        f.create_group("input_1").attrs["weight_names"] = []
+        for layer in model.layers:
+            if not layer.weights:
+                continue
+            group = f.create_group(layer.name)
+            weight_names = [f"{layer.name}/{v.path.split('/')[-1]}:0" for v in layer.weights]
+            group.attrs["weight_names"] = [w.encode() for w in weight_names]
+            for weight_name, variable in zip(weight_names, layer.weights):
+                group.create_dataset(weight_name, data=np.asarray(variable))
+
+
+def test_deepprofiler_checkpoint_with_other_classes_loads_all_but_the_classifier(small):
+    root, name, data = small
+    keras.utils.set_random_seed(11)
+    deepprofiler_model = models.classifier("efficientnet", (BOX, BOX, 5), 10)  # Cell Painting CNN-like head
+    legacy = root / "outputs/results/checkpoint/Cell_Painting_CNN_v1.hdf5"
+    _write_deepprofiler_checkpoint(deepprofiler_model, legacy)
+
+    # By name into a 2-class model: everything but ClassProb loads.
+    two_classes = models.classifier("efficientnet", (BOX, BOX, 5), 2)
+    report = load_weights_by_name(two_classes, StoragePath(str(legacy)))
+    assert list(report.skipped) == ["ClassProb"] and len(report.loaded) == len(
+        [layer for layer in two_classes.layers if layer.weights]) - 1
+
+    data = json.loads(json.dumps(data))
+    data["profile"]["checkpoint"] = "Cell_Painting_CNN_v1.hdf5"
+    name = write_config(root, data, "legacy.json")
+    code, text = profile(root, name)
+    assert code == 0, text
+    cut = site_crops(root, data, "A01", "1")
+    expected = keras_features(legacy, 10, "block6a_activation", cut.batch.crops)
+    frame = features_of(root)
+    rows = frame[(frame["Metadata_Well"] == "A01") & (frame["Metadata_Site"] == "1")].sort_values(
+        "Metadata_Cell_Index")
+    np.testing.assert_allclose(rows.filter(like="efficientnet_").to_numpy(), expected, atol=1e-5, rtol=0)
+    manifest = json.loads((root / "outputs/results/features/manifest.json").read_text())
+    assert manifest["checkpoint"].endswith("Cell_Painting_CNN_v1.hdf5") and len(manifest["checkpoint_sha256"]) == 64
+
+
+def test_repeat_channel_imagenet_baseline(small):
+    root, _, data = small
+    size = 64
+    keras.utils.set_random_seed(5)
+    base = models.backbone("efficientnet", (size, size, 3), 0)
+    network = keras.Model(base.input, keras.layers.GlobalAveragePooling2D(name="avg_pool")(base.output))
+    weights = root / "inputs/pretrained/efficientnetb0_notop.h5"
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    save_weights(network, StoragePath(str(weights)))
+    data = json.loads(json.dumps(data))
+    data["train"]["model"]["crop_generator"] = "repeat_channel_crop_generator"
+    data["profile"].update({"use_pretrained_input_size": size, "feature_layer": "avg_pool", "checkpoint": "None"})
+    name = write_config(root, data, "imagenet.json")
+    code, text = profile(root, name)
+    assert code == 0, text
+    frame = features_of(root)
+    assert len(frame.filter(like="efficientnet_").columns) == 5 * 1280
+
+    crops = site_crops(root, data, "A13", "1").batch.crops[:6]
+    reference = models.backbone("efficientnet", (size, size, 3), 0)
+    reference = keras.Model(reference.input, keras.layers.GlobalAveragePooling2D(name="avg_pool")(reference.output))
+    reference.load_weights(str(weights), by_name=True)
+    import tensorflow as tf
+    expected = []
+    for crop in crops:
+        per_channel = []
+        for c in range(5):
+            rgb = np.repeat(crop[:, :, c:c + 1], 3, axis=-1)[None]
+            image = tf.image.resize(rgb, (size, size), method="bilinear").numpy() * 2.0 - 1.0
+            per_channel.append(np.asarray(reference(image, training=False))[0])
+        expected.append(np.concatenate(per_channel))
+    rows = frame[(frame["Metadata_Well"] == "A13") & (frame["Metadata_Site"] == "1")].sort_values(
+        "Metadata_Cell_Index").head(6)
+    np.testing.assert_allclose(rows.filter(like="efficientnet_").to_numpy(), np.array(expected), atol=1e-5, rtol=0)
+
+
+def test_missing_imagenet_weights_fail_clearly(small):
+    root, _, data = small
+    data = json.loads(json.dumps(data))
+    data["train"]["model"]["crop_generator"] = "repeat_channel_crop_generator"
+    data["profile"].update({"use_pretrained_input_size": 224, "feature_layer": "avg_pool"})
+    name = write_config(root, data, "imagenet.json")
+    code, text = profile(root, name)
+    assert code == 2 and "efficientnetb0_notop.h5" in text and "cannot be downloaded" in text
+
+
+def test_output_schema_follows_the_metadata_convention(small):
+    root, name, _ = small
+    assert profile(root, name)[0] == 0
+    frame = features_of(root)
+    cells = sum(len(pd.read_csv(root / f"inputs/locations/20585/{w}-{s}-Nuclei.csv")) for w, s in SITES)
+    assert len(frame) == cells  # every BBBC022 centre is inside the image
+    features = [c for c in frame.columns if c.startswith("efficientnet_")]
+    assert features == [f"efficientnet_{i}" for i in range(672)]
+    assert all(frame[c].dtype == np.float32 for c in features)
+    metadata = [c for c in frame.columns if c not in features]
+    assert all(c.startswith("Metadata_") for c in metadata), metadata
+    for column in ("Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_Treatment", "Metadata_DNA",
+                   "Metadata_Model", "Metadata_Cell_Index", "Metadata_Nuclei_Location_Center_X"):
+        assert column in frame.columns
+    assert set(frame["Metadata_Model"]) == {"efficientnet"}
+    # Aggregation by treatment works the way pycytominer.aggregate does it (median per group).
+    profiles = frame.groupby("Metadata_Treatment")[features].median()
+    assert profiles.shape == (2, 672) and np.isfinite(profiles.to_numpy()).all()
+
+
+def test_resume_skips_committed_sites_and_overwrite_redoes_them(small):
+    root, name, _ = small
+    assert profile(root, name)[0] == 0
+    before = features_of(root).sort_values(["Metadata_Well", "Metadata_Site", "Metadata_Cell_Index"])
+    (root / "outputs/results/features/20585/A01-7.parquet").unlink()
+    code, text = profile(root, name)
+    assert code == 0 and "3 already committed and skipped" in text and "sites written this run: 1" in text
+    after = features_of(root).sort_values(["Metadata_Well", "Metadata_Site", "Metadata_Cell_Index"])
+    np.testing.assert_allclose(after.filter(like="efficientnet_").to_numpy(),
+                               before.filter(like="efficientnet_").to_numpy(), atol=1e-5)
+    code, text = profile(root, name, "--overwrite")
+    assert code == 0 and "sites written this run: 4" in text
+
+
+def test_bad_sites_are_reported_and_the_rest_is_written(small):
+    root, name, _ = small
+    index = pd.read_csv(root / "inputs/metadata/index.csv", dtype=str)
+    first = index.iloc[0]
+    (root / "inputs/images" / first["Mito"]).write_bytes(b"II*\x00broken")
+    (root / "inputs/locations/20585/A13-7-Nuclei.csv").unlink()
+    code, text = profile(root, name)
+    assert code == 1
+    assert f"20585/{first['Metadata_Well']}-{first['Metadata_Site']}" in text and "corrupt" in text
+    assert "1 site(s) without cells" in text and "20585/A13-7" in text
+    written = sorted(p.name for p in (root / "outputs/results/features/20585").glob("*.parquet"))
+    assert len(written) == 2
+
+
+def test_unknown_layer_or_foreign_checkpoint_fail_before_the_pipeline(small):
+    root, _, data = small
+    bad = json.loads(json.dumps(data))
+    bad["profile"]["feature_layer"] = "block6a_activaton"
+    code, text = profile(root, write_config(root, bad, "typo.json"))
+    assert code == 2 and "close matches: block6a_activation" in text
+    keras.utils.set_random_seed(1)
+    save_weights(models.classifier("cnn", (BOX, BOX, 5), 2),
+                 StoragePath(str(root / "outputs/results/checkpoint/cnn.hdf5")))
+    other = json.loads(json.dumps(data))
+    other["profile"]["checkpoint"] = "cnn.hdf5"
+    code, text = profile(root, write_config(root, other, "foreign.json"))
+    assert code == 2 and "another architecture" in text
+    assert not list((root / "outputs/results/features").glob("*/*.parquet"))
+
+
+def test_part_profiles_one_split_of_the_index(small):
+    root, name, _ = small
+    assert run_cli("--root", str(root), "split", "--parts", "2")[0] == 0
+    code, text = profile(root, name, "--part", "1")
+    assert code == 0, text
+    written = sorted(p.name for p in (root / "outputs/results/features/20585").glob("*.parquet"))
+    assert written == ["A13-1.parquet", "A13-7.parquet"]
