@@ -151,7 +151,12 @@ def test_split_writes_parts_without_dividing_wells(project):
     assert code == 2 and "exceeds the number of wells (2)" in text
 
 
-@pytest.mark.parametrize("command, issue", [("train", 6), ("profile", 5)])
+@pytest.mark.parametrize("command, issue", [("train", 6)])
 def test_commands_not_built_yet_say_so_and_do_nothing(project, command, issue):
     code, text = run("--root", str(project), "--config", "bbbc022.json", command)
     assert code == 2 and f"issue #{issue}" in text
+
+
+def test_profile_names_a_missing_checkpoint(project):
+    code, text = run("--root", str(project), "--config", "bbbc022.json", "profile")
+    assert code == 2 and "profile.checkpoint 'checkpoint_0003.hdf5'" in text and "does not exist" in text
