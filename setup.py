@@ -21,6 +21,8 @@ INSTALL_REQUIRES = [
     "gcsfs>=2024.2",
     "tifffile>=2024.1",  # TIFF decoding: tensorflow-io cannot load under TF >= 2.20 (see README)
     "pillow>=10.0",
+    "h5py>=3.10",  # Keras-2 HDF5 checkpoints (DeepProfiler's format), read and written by layer name
+    "tensorboard>=2.20",  # tf.summary needs it for train's summaries/; TF 2.21 no longer installs it
 ]
 
 EXTRAS_REQUIRE = {

@@ -94,14 +94,6 @@ def _pipeline(module: str) -> Callable[[CommandContext, argparse.Namespace, Emit
     return run
 
 
-def _not_yet(issue: int, what: str) -> Callable[[CommandContext, argparse.Namespace, Emit], int]:
-    def run(context: CommandContext, args: argparse.Namespace, emit: Emit) -> int:
-        emit(f"dpbeam: {what} is not available in this version yet (planned work, issue #{issue}); "
-             f"nothing was done")
-        return 2
-    return run
-
-
 def _prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="recompute plates and images already committed by an earlier run")
@@ -117,8 +109,12 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--epoch", type=int, default=1, help="first epoch (continues from checkpoint N-1)")
-    parser.add_argument("--seed", type=int, default=None, help="random seed for a repeatable run")
+    parser.add_argument("--epoch", type=int, default=1,
+                        help="first epoch: N > 1 continues from checkpoint_{N-1:04d}.hdf5 (DeepProfiler's flag)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed: a repeatable run on the CPU")
+    parser.add_argument("--pretrained-weights", default=None,
+                        help="Keras ImageNet 'notop' weights for initialization ImageNet "
+                             "(default: ROOT/inputs/pretrained/<Keras file name>); nothing is downloaded")
 
 
 def _profile_arguments(parser: argparse.ArgumentParser) -> None:
@@ -152,8 +148,12 @@ COMMANDS: tuple[CommandSpec, ...] = (
                 "A complete export is kept unless --overwrite; an incomplete one is replaced.",
                 _export_arguments, _pipeline("export_sc"), uses_beam=True),
     CommandSpec("train", "train a classifier on the exported crops (tf.distribute)",
-                "Train the configured model on the exported single-cell shards.", _train_arguments,
-                _not_yet(6, "train"), uses_beam=True),
+                "Train the configured model (train.model) on the export-sc shards with tf.distribute: "
+                "all GPUs (MirroredStrategy), the CPU, or several workers described by TF_CONFIG "
+                "(MultiWorkerMirroredStrategy). Writes checkpoint_{epoch:04d}.hdf5, logs/log.csv, "
+                "TensorBoard summaries and training curves under outputs/<exp>/. A killed run continues "
+                "from its last finished epoch when started again.",
+                _train_arguments, _pipeline("train")),
     CommandSpec("profile", "extract per-cell features to Parquet (Beam RunInference)",
                 "Cut every cell (as export-sc does), run the configured network over the crops with Beam "
                 "RunInference, batched by profile.batch_size across sites, and write one Parquet file per "

@@ -91,7 +91,8 @@ def load_weights_by_name(model, path: StoragePath, skip_mismatch: bool = True) -
         if not shapes_match:
             why = (f"file {[tuple(a.shape) for a in arrays]} vs model {[tuple(v.shape) for v in variables]}")
             if not skip_mismatch:
-                raise CheckpointError(f"{path}: layer {layer.name} does not fit: {why}")
+                raise CheckpointError(f"{path}: layer {layer.name} does not fit ({why}): is it a checkpoint of "
+                                      f"another architecture or number of classes?")
             report.skipped[layer.name] = why
             continue
         for variable, array in zip(variables, arrays):

@@ -37,7 +37,7 @@ def test_cli_help_does_not_load_tensorflow():
 
 # Modules that exist to hold TensorFlow code (the model zoo). They are still never imported by
 # ``import dpcore`` or by any other dpcore module at import time (the test above covers the rest).
-PURE_EXCEPTIONS: set[str] = {"dpcore.models"}
+PURE_EXCEPTIONS: set[str] = {"dpcore.models", "dpcore.trainer"}
 
 
 def test_import_dpcore_alone_loads_nothing_heavy():

@@ -1,0 +1,119 @@
+"""``dpbeam train``: the tf.distribute training job over the export-sc shards.
+
+Training is no Beam pipeline, but it is one of the commands: this module only
+checks the inputs, builds the plan and hands over to :mod:`dpcore.trainer`.
+Everything that can be wrong is checked before the first step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+from dpcore.checkpoints import CheckpointError
+from dpcore.config import Config
+from dpcore.profiling import PRETRAINED_FILES
+from dpcore.training import TrainingError, TrainingPlan, checkpoint_name
+from dpcore.training_data import ExportInfo, TrainingDataError
+
+from beam_pipelines.context import CommandContext, UsageError
+
+logger = logging.getLogger(__name__)
+
+
+def check_inputs(config: Config, info: ExportInfo) -> None:
+    """Refuse, before training, what cannot train."""
+    partition = config.train.partition
+    if info.box_size != config.dataset.locations.box_size:
+        raise TrainingError(f"the export at {info.folder} has {info.box_size}-pixel crops but "
+                            f"dataset.locations.box_size is {config.dataset.locations.box_size}: re-export")
+    if not info.counts.get("training"):
+        raise TrainingError(f"no cell of the training split: no site has {partition.split_field} in "
+                            f"{list(partition.training or [])} (export counts: {info.counts})")
+    present = [label for label, n in info.label_counts.get("training", {}).items() if n > 0]
+    if len(present) < 2:
+        names = [info.labels[i] for i in present]
+        raise TrainingError(f"the training split holds a single class {names}: a classifier needs two or more")
+    frame = config.train.validation.frame
+    if frame == "val" and not info.counts.get("validation"):
+        raise TrainingError(f"train.validation.frame is 'val' but no cell has {partition.split_field} in "
+                            f"{list(partition.validation or [])}; add validation values or set frame to 'train'")
+    if config.train.model.checkpoint_policy == "best" and not info.counts.get(
+            {"val": "validation", "train": "training", "all": "training"}[frame]):
+        raise TrainingError("checkpoint_policy 'best' needs validation data")
+    generator = config.train.model.crop_generator
+    if generator == "repeat_channel_crop_generator":
+        raise TrainingError("crop_generator repeat_channel_crop_generator is for profiling with ImageNet models, "
+                            "not for training; use sampled_crop_generator, online_labels_cropgen or "
+                            "full_image_crop_generator")
+    if generator == "full_image_crop_generator" and config.dataset.locations.mode != "full_image":
+        raise TrainingError("crop_generator full_image_crop_generator needs dataset.locations.mode "
+                            "'full_image' (and an export made in that mode)")
+
+
+def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
+    config = context.load_config("train")
+    context = context.with_config_paths(config)
+    context.select_gpu()
+    layout = context.layout
+    try:
+        info = ExportInfo.read(layout.single_cells_dir)
+        check_inputs(config, info)
+    except (TrainingDataError, TrainingError) as error:
+        raise UsageError(str(error)) from error
+
+    import keras  # noqa: PLC0415 -- TensorFlow loads only when training really starts
+    import tensorflow as tf  # noqa: PLC0415
+    from dpcore.trainer import DataSettings, Trainer  # noqa: PLC0415
+
+    seed = 0 if args.seed is None else args.seed
+    if args.seed is not None:
+        keras.utils.set_random_seed(args.seed)
+        tf.config.experimental.enable_op_determinism()
+    model = config.train.model
+    pretrained = args.pretrained_weights or (layout.pretrained_dir / PRETRAINED_FILES.get(
+        (model.name, model.params.conv_blocks if model.name != "inception_resnet_v2" else 0), "missing.h5")).url
+    plan = TrainingPlan.from_config(config, info.num_classes,
+                                    (info.box_size, info.box_size, info.channels), pretrained)
+    sampling, validation = config.train.sampling, config.train.validation
+    data = DataSettings(cache_size=sampling.cache_size, workers=sampling.workers, factor=sampling.factor,
+                        augmentations=model.augmentations, validation_frame=validation.frame,
+                        validation_batch_size=validation.batch_size,
+                        sample_first_crops=validation.sample_first_crops, seed=seed)
+    try:
+        trainer = Trainer(plan, info, data, layout, info.labels)
+        first = args.epoch
+        if first > 1:
+            trainer.start_from_checkpoint(first)
+        else:
+            resumed = trainer.restore_backup()
+            if resumed is not None:
+                emit(f"train: continuing an interrupted run after epoch {resumed - 1} "
+                     f"({layout.checkpoint_dir / 'backup'})")
+                first = resumed
+    except (TrainingError, CheckpointError) as error:
+        raise UsageError(str(error)) from error
+    if trainer.chief:
+        classes = json.dumps({"label_field": config.train.partition.label_field, "classes": list(info.labels)},
+                             indent=1)
+        (layout.experiment_dir / "classes.json").write_text(classes)
+        (layout.checkpoint_dir / "classes.json").write_text(classes)
+    emit(f"train: {plan.model_name} (conv_blocks {plan.conv_blocks}) on {info.counts.get('training', 0)} training "
+         f"cells, {info.num_classes} classes {list(info.labels)}, epochs {first}..{plan.epochs}, "
+         f"global batch {plan.batch_size}, {trainer.strategy.num_replicas_in_sync} replica(s) "
+         f"({type(trainer.strategy).__name__})")
+    if first > plan.epochs:
+        emit(f"train: all {plan.epochs} epochs are done already; nothing to train")
+        return 0
+    rows = trainer.run(first)
+    last = rows[-1]
+    emit("last epoch: " + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k != "epoch"))
+    saved = sorted(p.name for p in layout.checkpoint_dir.glob("checkpoint_*.hdf5"))
+    emit(f"checkpoints: {', '.join(saved) or 'none'} in {layout.checkpoint_dir}; log: {layout.logs_dir / 'log.csv'}; "
+         f"curves: {layout.logs_dir / 'training_curves.png'}")
+    if config.profile.checkpoint and config.profile.checkpoint not in saved:
+        emit(f"note: profile.checkpoint is {config.profile.checkpoint!r}, which this run did not write "
+             f"(it wrote {checkpoint_name(plan.epochs)} style names)")
+    return 0
+

@@ -1,0 +1,266 @@
+"""The training run: model, optimizer and loop under a ``tf.distribute`` strategy.
+
+Outputs (chief worker only) in ``outputs/<exp>/``: ``checkpoint/checkpoint_{epoch:04d}.hdf5``,
+``checkpoint/classes.json`` and ``classes.json``, ``logs/log.csv``, ``logs/training_curves.png``,
+``logs/soft_labels.json`` (online labels), TensorBoard scalars in ``summaries/``, and
+``checkpoint/backup/`` -- the state after the last finished epoch (weights, optimizer, schedule),
+from which a killed or pre-empted run continues when started again.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from dpcore import models
+from dpcore.checkpoints import CheckpointError, load_weights_by_name, read_layer_weights, save_weights
+from dpcore.layout import ProjectLayout
+from dpcore.storage import StoragePath
+from dpcore.training import (EpochSums, PlateauController, TrainingError, TrainingPlan, checkpoint_name,
+                             curves_picture, initial_soft_labels, is_chief, read_log, update_soft_labels,
+                             write_log)
+from dpcore.training_data import ExportInfo, cells_per_epoch, steps_for, training_dataset, validation_dataset
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    cache_size: int
+    workers: int
+    factor: float
+    augmentations: bool
+    validation_frame: str
+    validation_batch_size: int
+    sample_first_crops: bool
+    seed: int
+
+
+def imagenet_initialise(model, plan: TrainingPlan) -> None:
+    """Load ImageNet weights from a local file; replicate the first convolution's RGB
+    filters across the configured channels (DeepProfiler's trick), scaled by 3/C so
+    activations keep their size."""
+    if not plan.pretrained_weights or not StoragePath(plan.pretrained_weights).exists():
+        raise TrainingError(
+            f"initialization ImageNet needs the Keras ImageNet weights file for {plan.model_name}, which cannot "
+            f"be downloaded here: expected {plan.pretrained_weights} (or pass --pretrained-weights FILE)")
+    stored = read_layer_weights(StoragePath(plan.pretrained_weights))
+    loaded = adapted = 0
+    channels = plan.input_shape[-1]
+    for layer in model.layers:
+        arrays = stored.get(layer.name)
+        if not arrays or len(arrays) != len(layer.weights):
+            continue
+        values = []
+        for array, variable in zip(arrays, layer.weights):
+            target = tuple(variable.shape)
+            if array.shape == target:
+                values.append(array)
+            elif array.ndim == 4 and array.shape[2] == 3 and target[:2] + target[3:] == array.shape[:2] + array.shape[3:]:
+                values.append(np.take(array, np.arange(channels) % 3, axis=2) * (3.0 / channels))
+                adapted += 1
+            else:
+                values = None
+                break
+        if values is not None:
+            for variable, value in zip(layer.weights, values):
+                variable.assign(value)
+            loaded += 1
+    if not loaded:
+        raise TrainingError(f"{plan.pretrained_weights}: no layer matches {plan.model_name}")
+    logger.info("ImageNet initialisation: %d layer(s) loaded, %d input convolution(s) replicated to %d channels",
+                loaded, adapted, channels)
+
+
+class Trainer:
+    def __init__(self, plan: TrainingPlan, info: ExportInfo, data: DataSettings, layout: ProjectLayout,
+                 labels: tuple[str, ...], strategy=None):
+        import tensorflow as tf  # noqa: PLC0415
+        from dpcore.training import choose_strategy  # noqa: PLC0415
+
+        self.tf = tf
+        self.plan, self.info, self.data, self.layout, self.labels = plan, info, data, layout, labels
+        self.strategy = strategy or choose_strategy()
+        self.chief = is_chief()
+        with self.strategy.scope():
+            self.model = models.classifier(plan.model_name, plan.input_shape, plan.num_classes, plan.conv_blocks,
+                                           regularize=True)
+            if plan.initialization == "imagenet":
+                imagenet_initialise(self.model, plan)
+            import keras  # noqa: PLC0415
+            self.optimizer = keras.optimizers.SGD(learning_rate=plan.learning_rate, momentum=0.9, nesterov=True)
+            self.optimizer.build(self.model.trainable_variables)
+            self.loss = keras.losses.CategoricalCrossentropy(label_smoothing=plan.label_smoothing,
+                                                             reduction="none")
+            self.soft_labels = tf.Variable(initial_soft_labels(plan.num_classes), dtype=tf.float32,
+                                           trainable=False, name="soft_labels")
+        self.rows = []
+        self.plateau = PlateauController(plan.learning_rate)
+        self.best_validation = float("inf")
+        self._train_step = self._build_train_step()
+        self._eval_step = tf.function(lambda images: self.model(images, training=False))
+
+    # ------------------------------------------------------------- steps
+    def _sums(self, probabilities, onehot, labels):
+        tf = self.tf
+        k = self.plan.num_classes
+        predicted = tf.argmax(probabilities, axis=1, output_type=tf.int64)
+        correct = tf.cast(tf.equal(predicted, labels), tf.float32)
+        top_k = tf.cast(tf.math.in_top_k(labels, probabilities, self.plan.top_k), tf.float32)
+        predicted_onehot = tf.one_hot(predicted, k)
+        correct_rows = probabilities * correct[:, None]
+        return {
+            "examples": tf.cast(tf.shape(labels)[0], tf.float32),
+            "correct": tf.reduce_sum(correct),
+            "top_k": tf.reduce_sum(top_k),
+            "true_positives": tf.reduce_sum(predicted_onehot * onehot, axis=0),
+            "predicted": tf.reduce_sum(predicted_onehot, axis=0),
+            "soft_sums": tf.matmul(tf.transpose(onehot), correct_rows),
+            "soft_counts": tf.reduce_sum(onehot * correct[:, None], axis=0),
+        }
+
+    def _build_train_step(self):
+        tf, plan = self.tf, self.plan
+
+        def step(images, onehot, labels):
+            targets = onehot
+            if plan.online_labels:
+                soft = tf.gather(self.soft_labels, labels)
+                targets = (1.0 - plan.online_smoothing) * onehot + plan.online_smoothing * soft
+            with tf.GradientTape() as tape:
+                probabilities = self.model(images, training=True)
+                per_example = self.loss(targets, probabilities)
+                loss = tf.nn.compute_average_loss(per_example, global_batch_size=plan.batch_size)
+                if self.model.losses:
+                    loss += tf.nn.scale_regularization_loss(tf.add_n(self.model.losses))
+            gradients = tape.gradient(loss, self.model.trainable_variables)
+            self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
+            sums = self._sums(probabilities, onehot, labels)
+            sums["loss"] = tf.reduce_sum(per_example)
+            return sums
+
+        @tf.function
+        def distributed(batch):
+            per_replica = self.strategy.run(step, args=batch)
+            return {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
+
+        return distributed
+
+    # ------------------------------------------------------------ epochs
+    def train_epoch(self, epoch: int) -> EpochSums:
+        tf = self.tf
+        dataset = training_dataset(self.info, self.plan.batch_size, self.data.cache_size, self.data.workers,
+                                   self.data.factor, self.data.augmentations, self.data.seed, epoch)
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        dataset = dataset.repeat().with_options(options)
+        steps = steps_for(cells_per_epoch(self.info.label_counts.get("training", {}), self.plan.num_classes,
+                                          self.data.factor), self.plan.batch_size)
+        iterator = iter(self.strategy.experimental_distribute_dataset(dataset))
+        sums = EpochSums(self.plan.num_classes)
+        for _ in range(steps):
+            sums.add({k: v.numpy() for k, v in self._train_step(next(iterator)).items()})
+        return sums
+
+    def validate(self) -> EpochSums | None:
+        dataset = validation_dataset(self.info, self.data.validation_frame, self.data.validation_batch_size,
+                                     self.data.sample_first_crops, self.data.workers)
+        if dataset is None:
+            return None
+        sums = EpochSums(self.plan.num_classes)
+        for images, onehot, labels in dataset:
+            probabilities = self._eval_step(images)
+            reduced = {k: v.numpy() for k, v in self._sums(probabilities, onehot, labels).items()}
+            reduced["loss"] = float(self.tf.reduce_sum(self.loss(onehot, probabilities)).numpy())
+            sums.add(reduced)
+        return sums
+
+    def run(self, first_epoch: int) -> list[dict]:
+        tf, plan = self.tf, self.plan
+        writer = tf.summary.create_file_writer(self.layout.summaries_dir.url) if self.chief else None
+        for epoch in range(first_epoch, plan.epochs + 1):
+            rate = self.plateau.rate if plan.schedule == "plateau" else plan.learning_rate_for(epoch)
+            self.optimizer.learning_rate.assign(rate)
+            sums = self.train_epoch(epoch)
+            row = {"epoch": epoch, "learning_rate": rate, **sums.metrics(plan.metrics, plan.top_k)}
+            improved = False
+            if epoch % plan.validation_frequency == 0 or epoch == plan.epochs:
+                validation = self.validate()
+                if validation is not None:
+                    row.update(validation.metrics(plan.metrics, plan.top_k, prefix="val_"))
+                    improved = row["val_loss"] < self.best_validation
+                    self.best_validation = min(self.best_validation, row["val_loss"])
+                    if plan.schedule == "plateau":
+                        self.plateau.update(row["val_loss"])
+            if plan.online_labels:
+                self.soft_labels.assign(update_soft_labels(self.soft_labels.numpy().astype(np.float64),
+                                                           sums.soft_sums, sums.soft_counts,
+                                                           plan.online_lambda).astype(np.float32))
+            self.rows = [r for r in self.rows if r["epoch"] < epoch] + [row]
+            logger.info("epoch %d/%d: %s", epoch, plan.epochs,
+                        ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
+            if self.chief:
+                self._publish(epoch, row, improved, writer)
+        return self.rows
+
+    # ----------------------------------------------------------- outputs
+    def _publish(self, epoch: int, row: dict, improved: bool, writer) -> None:
+        layout = self.layout
+        if self.plan.saves_checkpoint(epoch, improved):
+            save_weights(self.model, layout.checkpoint_dir / checkpoint_name(epoch))
+        write_log(layout.logs_dir / "log.csv", self.rows)
+        (layout.logs_dir / "training_curves.png").write_bytes(curves_picture(self.rows))
+        if self.plan.online_labels:
+            soft = {label: [round(float(v), 6) for v in self.soft_labels.numpy()[i]]
+                    for i, label in enumerate(self.labels)}
+            (layout.logs_dir / "soft_labels.json").write_text(json.dumps({"epoch": epoch, "soft_labels": soft},
+                                                                         indent=1))
+        with writer.as_default():
+            for key, value in row.items():
+                if key != "epoch":
+                    self.tf.summary.scalar(key, value, step=epoch)
+        writer.flush()
+        self.save_backup(epoch)
+
+    def save_backup(self, epoch: int) -> None:
+        backup = self.layout.checkpoint_dir / "backup"
+        save_weights(self.model, backup / "weights.hdf5")
+        buffer = io.BytesIO()
+        np.savez(buffer, *[np.asarray(v) for v in self.optimizer.variables])
+        (backup / "optimizer.npz").write_bytes(buffer.getvalue())
+        state = {"epoch": epoch, "best_validation": self.best_validation, "plateau_rate": self.plateau.rate,
+                 "plateau_best": self.plateau.best, "plateau_waited": self.plateau.waited,
+                 "soft_labels": self.soft_labels.numpy().tolist(), "rows": self.rows}
+        (backup / "state.json").write_text(json.dumps(state))  # written last: the backup is complete
+
+    def restore_backup(self) -> int | None:
+        """Continue after the last finished epoch of an interrupted run; return the next epoch."""
+        backup = self.layout.checkpoint_dir / "backup"
+        if not (backup / "state.json").exists():
+            return None
+        state = json.loads((backup / "state.json").read_text())
+        load_weights_by_name(self.model, backup / "weights.hdf5", skip_mismatch=False)
+        with np.load(io.BytesIO((backup / "optimizer.npz").read_bytes()), allow_pickle=False) as arrays:
+            values = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+        if len(values) != len(self.optimizer.variables):
+            raise CheckpointError(f"{backup}: optimizer state does not fit this model; remove the backup folder")
+        for variable, value in zip(self.optimizer.variables, values):
+            variable.assign(value)
+        self.soft_labels.assign(np.asarray(state["soft_labels"], dtype=np.float32))
+        self.best_validation = state["best_validation"]
+        self.plateau = PlateauController(state["plateau_rate"], best=state["plateau_best"],
+                                         waited=state["plateau_waited"])
+        self.rows = state["rows"]
+        return int(state["epoch"]) + 1
+
+    def start_from_checkpoint(self, epoch: int) -> None:
+        """DeepProfiler's ``--epoch N``: weights of epoch N-1, log kept up to it."""
+        path = self.layout.checkpoint_dir / checkpoint_name(epoch - 1)
+        if not path.exists():
+            raise TrainingError(f"--epoch {epoch} continues from {path}, which does not exist")
+        load_weights_by_name(self.model, path, skip_mismatch=False)
+        self.rows = [r for r in read_log(self.layout.logs_dir / "log.csv") if r["epoch"] < epoch]

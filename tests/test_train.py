@@ -1,0 +1,238 @@
+"""``dpbeam train``: learning, every training option, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from dpcore import models  # noqa: E402
+from dpcore.checkpoints import read_layer_weights, save_weights  # noqa: E402
+from dpcore.config import StepSchedule  # noqa: E402
+from dpcore.storage import StoragePath  # noqa: E402
+from dpcore.training import PlateauController, scheduled_learning_rate, update_soft_labels  # noqa: E402
+from dpcore.training_data import (ExportInfo, keep_probabilities, training_dataset,  # noqa: E402
+                                  validation_dataset)
+from tests.conftest import run_cli, write_config  # noqa: E402
+from tests.train_fixtures import synthetic_config, write_synthetic_export  # noqa: E402
+
+pytestmark = pytest.mark.pipeline
+
+
+@pytest.fixture()
+def synthetic(tmp_path):
+    root = tmp_path / "project"
+    write_synthetic_export(root / "outputs/single-cells", {"training": (160, 160, 160), "validation": (40, 40, 40)})
+    return root
+
+
+def train(root: Path, data: dict, *extra: str, name: str = "train.json") -> tuple[int, str]:
+    config = write_config(root, data, name)
+    return run_cli("--root", str(root), "--config", config, "train", "--seed", "7", *extra)
+
+
+def log(root: Path) -> pd.DataFrame:
+    return pd.read_csv(root / "outputs/results/logs/log.csv")
+
+
+def checkpoints(root: Path) -> list[str]:
+    return sorted(p.name for p in (root / "outputs/results/checkpoint").glob("checkpoint_*.hdf5"))
+
+
+def test_a_small_model_learns_the_synthetic_classes(tmp_path):
+    # Enough steps (~300) for BatchNorm's moving statistics (momentum 0.99) to settle.
+    synthetic = tmp_path / "project"
+    write_synthetic_export(synthetic / "outputs/single-cells", {"training": (400, 400, 400),
+                                                               "validation": (40, 40, 40)})
+    data = synthetic_config(epochs=4)
+    data["train"]["model"]["params"]["batch_size"] = 16
+    code, text = train(synthetic, data)
+    assert code == 0, text
+    history = log(synthetic)
+    assert list(history["epoch"]) == [1, 2, 3, 4]
+    assert history["val_accuracy"].iloc[-1] > 0.8, history  # chance is 1/3
+    assert history["loss"].iloc[-1] < history["loss"].iloc[0]
+    assert {"top_2", "average_class_precision", "val_top_2", "val_average_class_precision"} <= set(history.columns)
+    assert checkpoints(synthetic) == [f"checkpoint_000{i}.hdf5" for i in range(1, 5)]
+    out = synthetic / "outputs/results"
+    assert (out / "logs/training_curves.png").stat().st_size > 0
+    assert list((out / "summaries").glob("events.out.tfevents.*"))
+    assert json.loads((out / "classes.json").read_text())["classes"] == ["disk", "ring", "stripes"]
+    # The checkpoint is what profile reads: DeepProfiler's head, by name.
+    weights = read_layer_weights(StoragePath(str(out / "checkpoint/checkpoint_0004.hdf5")))
+    assert weights["ClassProb"][0].shape == (256, 3)
+
+
+def test_step_schedule_sets_the_rate_of_each_epoch(synthetic):
+    data = synthetic_config(epochs=3, lr_schedule={"epoch": [2, 3], "lr": [0.01, 0.001]})
+    assert train(synthetic, data)[0] == 0
+    np.testing.assert_allclose(log(synthetic)["learning_rate"], [0.05, 0.01, 0.001])
+
+
+def test_cosine_schedule_warms_up_then_decays():
+    rates = [scheduled_learning_rate(e, 0.1, "cosine", 15) for e in range(1, 16)]
+    np.testing.assert_allclose(rates[:5], [0.02, 0.04, 0.06, 0.08, 0.1])
+    assert rates[5] == pytest.approx(0.1) and rates[-1] == pytest.approx(0.05 * (1 + math.cos(math.pi * 9 / 10)))
+    assert all(a >= b for a, b in zip(rates[5:], rates[6:]))
+    assert scheduled_learning_rate(7, 0.1, StepSchedule((3, 6), (0.01, 0.001)), 10) == 0.001
+    assert scheduled_learning_rate(4, 0.1, None, 10) == 0.1
+
+
+def test_plateau_reduces_after_patience():
+    controller = PlateauController(0.1, patience=2)
+    rates = [controller.update(loss) for loss in (1.0, 0.9, 0.95, 0.96, 0.97, 0.98)]
+    assert rates == [0.1, 0.1, 0.1, pytest.approx(0.01), pytest.approx(0.01), pytest.approx(0.001)]
+
+
+def test_checkpoints_only_every_n_epochs(synthetic):
+    assert train(synthetic, synthetic_config(epochs=4, checkpoint_policy=2))[0] == 0
+    assert checkpoints(synthetic) == ["checkpoint_0002.hdf5", "checkpoint_0004.hdf5"]
+
+
+def test_best_policy_saves_only_improvements(synthetic):
+    assert train(synthetic, synthetic_config(epochs=4, checkpoint_policy="best"))[0] == 0
+    history = log(synthetic)
+    losses = history["val_loss"].to_numpy()
+    improved = [int(e) for i, e in enumerate(history["epoch"]) if i == 0 or losses[i] < losses[:i].min()]
+    assert checkpoints(synthetic) == [f"checkpoint_{e:04d}.hdf5" for e in improved]
+
+
+def test_augmentations_change_training_inputs_not_validation_ones(synthetic):
+    info = ExportInfo.read(StoragePath(str(synthetic / "outputs/single-cells")))
+    plain = next(iter(training_dataset(info, 64, 1, 1, 1.0, False, seed=1, epoch=1)))
+    augmented = next(iter(training_dataset(info, 64, 1, 1, 1.0, True, seed=1, epoch=1)))
+    np.testing.assert_array_equal(plain[2].numpy(), augmented[2].numpy())  # same cells, same order
+    assert np.abs(plain[0].numpy() - augmented[0].numpy()).mean() > 0.01
+    assert augmented[0].numpy().min() >= 0 and augmented[0].numpy().max() <= 1
+    first = next(iter(validation_dataset(info, "val", 32, False, 1)))
+    again = next(iter(validation_dataset(info, "val", 32, False, 1)))
+    np.testing.assert_array_equal(first[0].numpy(), again[0].numpy())
+
+
+def test_sampling_balances_classes_to_the_median(tmp_path):
+    folder = tmp_path / "export"
+    write_synthetic_export(folder, {"training": (600, 100, 60), "validation": (5, 5, 5)})
+    info = ExportInfo.read(StoragePath(str(folder)))
+    np.testing.assert_allclose(keep_probabilities({0: 600, 1: 100, 2: 60}, 3, 1.0), [100 / 600, 1.0, 1.0])
+    labels = np.concatenate([b[2].numpy() for b in training_dataset(info, 50, 2000, 1, 1.0, False, 3, 1)])
+    counts = np.bincount(labels, minlength=3)
+    assert counts[1] == 100 and counts[2] == 60  # small classes drawn whole
+    assert 70 <= counts[0] <= 130  # the large one down to ~the median (100)
+    half = np.concatenate([b[2].numpy() for b in training_dataset(info, 50, 2000, 1, 0.5, False, 3, 1)])
+    assert 0.35 < len(half) / len(labels) < 0.65  # sampling.factor scales the epoch
+
+
+def test_soft_labels_move_toward_predictions(synthetic):
+    data = synthetic_config(epochs=2, crop_generator="online_labels_cropgen")
+    data["train"]["model"]["params"].update({"online_label_smoothing": 0.2, "online_lambda": 0.5})
+    assert train(synthetic, data)[0] == 0
+    soft = json.loads((synthetic / "outputs/results/logs/soft_labels.json").read_text())
+    matrix = np.array([soft["soft_labels"][k] for k in ("disk", "ring", "stripes")])
+    assert soft["epoch"] == 2
+    np.testing.assert_allclose(matrix.sum(axis=1), 1, atol=1e-5)
+    assert not np.allclose(matrix, np.eye(3)) and (np.diag(matrix) > 0.5).all()
+    # The update rule itself: halfway from the identity to the mean correct prediction.
+    updated = update_soft_labels(np.eye(2), np.array([[6.0, 2.0], [0.0, 0.0]]), np.array([8.0, 0.0]), 0.5)
+    np.testing.assert_allclose(updated, [[0.875, 0.125], [0.0, 1.0]])
+
+
+def test_resume_with_epoch_continues_the_log(synthetic):
+    assert train(synthetic, synthetic_config(epochs=2))[0] == 0
+    shutil.rmtree(synthetic / "outputs/results/checkpoint/backup")
+    code, text = train(synthetic, synthetic_config(epochs=4), "--epoch", "3")
+    assert code == 0, text
+    assert list(log(synthetic)["epoch"]) == [1, 2, 3, 4]
+    assert checkpoints(synthetic) == [f"checkpoint_000{i}.hdf5" for i in range(1, 5)]
+
+
+def test_an_interrupted_run_continues_from_its_backup(synthetic):
+    assert train(synthetic, synthetic_config(epochs=2))[0] == 0  # as if killed after epoch 2 of 4
+    code, text = train(synthetic, synthetic_config(epochs=4))
+    assert code == 0 and "continuing an interrupted run after epoch 2" in text
+    assert list(log(synthetic)["epoch"]) == [1, 2, 3, 4]
+    code, text = train(synthetic, synthetic_config(epochs=4))
+    assert code == 0 and "nothing to train" in text
+
+
+def test_seed_makes_a_cpu_run_repeatable(tmp_path):
+    logs = []
+    for run in range(2):
+        root = tmp_path / f"run{run}"
+        write_synthetic_export(root / "outputs/single-cells", {"training": (64, 64, 64), "validation": (16, 16, 16)})
+        data = synthetic_config(epochs=2, augmentations=True)
+        assert train(root, data)[0] == 0
+        logs.append(log(root))
+    pd.testing.assert_frame_equal(logs[0], logs[1])
+
+
+def test_bad_inputs_fail_before_training(tmp_path, synthetic):
+    empty = tmp_path / "empty"
+    code, text = train(empty, synthetic_config())
+    assert code == 2 and "run 'dpbeam ... export-sc' first" in text
+
+    single = tmp_path / "single"
+    write_synthetic_export(single / "outputs/single-cells", {"training": (50, 0, 0), "validation": (5, 5, 5)})
+    code, text = train(single, synthetic_config())
+    assert code == 2 and "single class ['disk']" in text
+
+    no_training = tmp_path / "notrain"
+    write_synthetic_export(no_training / "outputs/single-cells", {"training": (0, 0, 0), "validation": (5, 5, 5)})
+    code, text = train(no_training, synthetic_config())
+    assert code == 2 and "no cell of the training split" in text
+
+    missing = json.loads((synthetic / "outputs/single-cells/manifest.json").read_text())["shards"]["training"][0]
+    moved = synthetic / "elsewhere"
+    moved.mkdir()
+    shutil.move(str(synthetic / "outputs/single-cells" / missing), moved)
+    code, text = train(synthetic, synthetic_config())
+    assert code == 2 and "is missing" in text
+    shutil.move(str(moved / missing), synthetic / "outputs/single-cells")
+
+    save_weights(models.classifier("efficientnet", (32, 32, 3), 3),
+                 StoragePath(str(synthetic / "outputs/results/checkpoint/checkpoint_0001.hdf5")))
+    code, text = train(synthetic, synthetic_config(epochs=3), "--epoch", "2")
+    assert code == 2 and "another architecture" in text
+
+    data = synthetic_config(crop_generator="full_image_crop_generator")
+    code, text = train(synthetic, data)
+    assert code == 2 and "full_image" in text
+
+
+def test_imagenet_initialisation_needs_a_local_file_and_replicates_rgb_filters(synthetic, tmp_path):
+    data = synthetic_config(epochs=1, initialization="ImageNet")
+    code, text = train(synthetic, data)
+    assert code == 2 and "cannot be downloaded" in text
+    rgb = models.backbone("cnn", (32, 32, 3))
+    weights = tmp_path / "cnn_rgb.h5"
+    save_weights(rgb, StoragePath(str(weights)))
+    code, text = train(synthetic, data, "--pretrained-weights", str(weights))
+    assert code == 0, text
+    from dpcore.trainer import imagenet_initialise  # noqa: PLC0415
+    from dpcore.training import TrainingPlan  # noqa: PLC0415
+    from dpcore.config import parse_config  # noqa: PLC0415
+    plan = TrainingPlan.from_config(parse_config(data), 3, (32, 32, 5), str(weights))
+    model = models.classifier("cnn", (32, 32, 5), 3)
+    imagenet_initialise(model, plan)
+    kernel = np.asarray(model.get_layer("conv1").kernel)
+    source = np.asarray(rgb.get_layer("conv1").kernel)
+    np.testing.assert_allclose(kernel[:, :, 3], source[:, :, 0] * 3 / 5, rtol=1e-6)
+    np.testing.assert_allclose(kernel[:, :, 4], source[:, :, 1] * 3 / 5, rtol=1e-6)
+
+
+def test_training_on_the_real_export(prepared, tmp_path):
+    root = tmp_path / "project"
+    shutil.copytree(prepared[0], root)
+    assert run_cli("--root", str(root), "--config", "bbbc022.json", "export-sc")[0] == 0
+    data = json.loads((root / "inputs/config/bbbc022.json").read_text())
+    data["train"]["model"].update({"name": "cnn", "epochs": 1, "lr_schedule": None})
+    code, text = train(root, data, name="real.json")
+    assert code == 0, text
+    assert "617 training cells" in text or "training cells" in text
+    assert checkpoints(root) == ["checkpoint_0001.hdf5"]
