@@ -151,10 +151,9 @@ def test_split_writes_parts_without_dividing_wells(project):
     assert code == 2 and "exceeds the number of wells (2)" in text
 
 
-@pytest.mark.parametrize("command, issue", [("train", 6)])
-def test_commands_not_built_yet_say_so_and_do_nothing(project, command, issue):
-    code, text = run("--root", str(project), "--config", "bbbc022.json", command)
-    assert code == 2 and f"issue #{issue}" in text
+def test_train_without_an_export_says_what_to_run(project):
+    code, text = run("--root", str(project), "--config", "bbbc022.json", "train")
+    assert code == 2 and "run 'dpbeam ... export-sc' first" in text
 
 
 def test_profile_names_a_missing_checkpoint(project):
