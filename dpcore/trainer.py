@@ -151,19 +151,21 @@ class Trainer:
         return distributed
 
     # ------------------------------------------------------------ epochs
-    def train_epoch(self, epoch: int) -> EpochSums:
+    def _batches(self, first_epoch: int):
+        """One distributed iterator for the whole run (see training_dataset)."""
         tf = self.tf
         dataset = training_dataset(self.info, self.plan.batch_size, self.data.cache_size, self.data.workers,
-                                   self.data.factor, self.data.augmentations, self.data.seed, epoch)
+                                   self.data.factor, self.data.augmentations, self.data.seed, first_epoch)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        dataset = dataset.repeat().with_options(options)
+        return iter(self.strategy.experimental_distribute_dataset(dataset.with_options(options)))
+
+    def train_epoch(self, batches) -> EpochSums:
         steps = steps_for(cells_per_epoch(self.info.label_counts.get("training", {}), self.plan.num_classes,
                                           self.data.factor), self.plan.batch_size)
-        iterator = iter(self.strategy.experimental_distribute_dataset(dataset))
         sums = EpochSums(self.plan.num_classes)
         for _ in range(steps):
-            sums.add({k: v.numpy() for k, v in self._train_step(next(iterator)).items()})
+            sums.add({k: v.numpy() for k, v in self._train_step(next(batches)).items()})
         return sums
 
     def validate(self) -> EpochSums | None:
@@ -182,10 +184,11 @@ class Trainer:
     def run(self, first_epoch: int) -> list[dict]:
         tf, plan = self.tf, self.plan
         writer = tf.summary.create_file_writer(self.layout.summaries_dir.url) if self.chief else None
+        batches = self._batches(first_epoch)
         for epoch in range(first_epoch, plan.epochs + 1):
             rate = self.plateau.rate if plan.schedule == "plateau" else plan.learning_rate_for(epoch)
             self.optimizer.learning_rate.assign(rate)
-            sums = self.train_epoch(epoch)
+            sums = self.train_epoch(batches)
             row = {"epoch": epoch, "learning_rate": rate, **sums.metrics(plan.metrics, plan.top_k)}
             improved = False
             if epoch % plan.validation_frequency == 0 or epoch == plan.epochs:

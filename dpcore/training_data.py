@@ -116,11 +116,14 @@ def augment(image, seed):
     seeds = tf.random.experimental.stateless_split(seed, num=7)
     height, width, channels = image.shape
     # With probability 1/2: a random crop of 80-100% of the side, resized back.
-    fraction = tf.random.stateless_uniform([], seeds[0], 0.8, 1.0)
-    side = tf.cast(tf.round(fraction * height), tf.int32)
-    cropped = tf.image.stateless_random_crop(image, tf.stack([side, side, channels]), seeds[1])
-    resized = tf.image.resize(cropped, (height, width))
-    image = tf.cond(tf.random.stateless_uniform([], seeds[2]) < 0.5, lambda: resized, lambda: image)
+    def crop_and_resize_back():
+        fraction = tf.random.stateless_uniform([], seeds[0], 0.8, 1.0)
+        side = tf.cast(tf.round(fraction * height), tf.int32)
+        cropped = tf.image.stateless_random_crop(image, tf.stack([side, side, channels]), seeds[1])
+        return tf.image.resize(cropped, (height, width))
+
+    # Inside the branch, so the crop is only computed for the half of the samples that use it.
+    image = tf.cond(tf.random.stateless_uniform([], seeds[2]) < 0.5, crop_and_resize_back, lambda: image)
     image = tf.image.stateless_random_flip_left_right(image, seeds[3])
     image = tf.image.rot90(image, tf.random.stateless_uniform([], seeds[4], 0, 4, dtype=tf.int32))
     brightness = tf.random.stateless_uniform([1, 1, channels], seeds[5], -0.1, 0.1)
@@ -131,13 +134,20 @@ def augment(image, seed):
 
 
 def training_dataset(info: ExportInfo, batch_size: int, cache_size: int, workers: int, factor: float,
-                     augmentations: bool, seed: int, epoch: int):
-    """One epoch of balanced, shuffled, (augmented) training batches of (images, one-hot labels, labels)."""
+                     augmentations: bool, seed: int, epoch: int = 0):
+    """An endless stream of balanced, shuffled, (augmented) batches of (images, one-hot labels, labels).
+
+    Endless on purpose: the trainer keeps one iterator for the whole run and
+    takes an epoch's worth of steps from it, so the shuffle buffer never
+    drains and refills at epoch boundaries (a stall when ``cache_size`` is
+    large). Each pass over the shards draws a fresh balanced sample.
+    """
     import tensorflow as tf  # noqa: PLC0415
     files = info.files(("training",))
     counts = info.label_counts.get("training", {})
     keep = tf.constant(keep_probabilities(counts, info.num_classes, factor))
-    order = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed + epoch)
+    order = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed + epoch,
+                                                              reshuffle_each_iteration=True).repeat()
     cycle = max(1, min(workers, len(files)))
     records = order.interleave(
         lambda f: tf.data.TFRecordDataset(f, compression_type=info.compression or None),

@@ -18,8 +18,8 @@ from dpcore.checkpoints import read_layer_weights, save_weights  # noqa: E402
 from dpcore.config import StepSchedule  # noqa: E402
 from dpcore.storage import StoragePath  # noqa: E402
 from dpcore.training import PlateauController, scheduled_learning_rate, update_soft_labels  # noqa: E402
-from dpcore.training_data import (ExportInfo, keep_probabilities, training_dataset,  # noqa: E402
-                                  validation_dataset)
+from dpcore.training_data import (ExportInfo, cells_per_epoch, keep_probabilities,  # noqa: E402
+                                  training_dataset, validation_dataset)
 from tests.conftest import run_cli, write_config  # noqa: E402
 from tests.train_fixtures import synthetic_config, write_synthetic_export  # noqa: E402
 
@@ -106,8 +106,8 @@ def test_best_policy_saves_only_improvements(synthetic):
 
 def test_augmentations_change_training_inputs_not_validation_ones(synthetic):
     info = ExportInfo.read(StoragePath(str(synthetic / "outputs/single-cells")))
-    plain = next(iter(training_dataset(info, 64, 1, 1, 1.0, False, seed=1, epoch=1)))
-    augmented = next(iter(training_dataset(info, 64, 1, 1, 1.0, True, seed=1, epoch=1)))
+    plain = next(iter(training_dataset(info, 64, 1, 1, 1.0, False, seed=1)))
+    augmented = next(iter(training_dataset(info, 64, 1, 1, 1.0, True, seed=1)))
     np.testing.assert_array_equal(plain[2].numpy(), augmented[2].numpy())  # same cells, same order
     assert np.abs(plain[0].numpy() - augmented[0].numpy()).mean() > 0.01
     assert augmented[0].numpy().min() >= 0 and augmented[0].numpy().max() <= 1
@@ -121,12 +121,14 @@ def test_sampling_balances_classes_to_the_median(tmp_path):
     write_synthetic_export(folder, {"training": (600, 100, 60), "validation": (5, 5, 5)})
     info = ExportInfo.read(StoragePath(str(folder)))
     np.testing.assert_allclose(keep_probabilities({0: 600, 1: 100, 2: 60}, 3, 1.0), [100 / 600, 1.0, 1.0])
-    labels = np.concatenate([b[2].numpy() for b in training_dataset(info, 50, 2000, 1, 1.0, False, 3, 1)])
-    counts = np.bincount(labels, minlength=3)
-    assert counts[1] == 100 and counts[2] == 60  # small classes drawn whole
-    assert 70 <= counts[0] <= 130  # the large one down to ~the median (100)
-    half = np.concatenate([b[2].numpy() for b in training_dataset(info, 50, 2000, 1, 0.5, False, 3, 1)])
-    assert 0.35 < len(half) / len(labels) < 0.65  # sampling.factor scales the epoch
+    # Ten epochs' worth of draws from the endless stream: each class up to the median (100) per epoch.
+    epoch = cells_per_epoch({0: 600, 1: 100, 2: 60}, 3, 1.0)
+    assert epoch == pytest.approx(260)
+    stream = training_dataset(info, 52, 2000, 1, 1.0, False, 3).unbatch().take(int(10 * epoch))
+    counts = np.bincount(np.array([int(sample[2]) for sample in stream]), minlength=3)
+    assert counts[1] == pytest.approx(1000, rel=0.12) and counts[2] == pytest.approx(600, rel=0.12)
+    assert counts[0] == pytest.approx(1000, rel=0.12)  # 600 cells drawn down to the median
+    assert cells_per_epoch({0: 600, 1: 100, 2: 60}, 3, 0.5) == pytest.approx(130)  # sampling.factor
 
 
 def test_soft_labels_move_toward_predictions(synthetic):
@@ -236,3 +238,33 @@ def test_training_on_the_real_export(prepared, tmp_path):
     assert code == 0, text
     assert "617 training cells" in text or "training cells" in text
     assert checkpoints(root) == ["checkpoint_0001.hdf5"]
+
+
+def test_two_workers_on_localhost_train_in_sync(synthetic):
+    """MultiWorkerMirroredStrategy from TF_CONFIG: two processes, one model, the chief writes."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    config = write_config(synthetic, synthetic_config(epochs=2), "mw.json")
+    ports = []
+    for _ in range(2):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    workers = []
+    for index in range(2):
+        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        workers.append(subprocess.Popen(
+            [sys.executable, "-m", "beam_pipelines", "--root", str(synthetic), "--config", config, "train",
+             "--seed", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [worker.communicate(timeout=300)[0] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], outputs
+    assert all("2 replica(s)" in output for output in outputs)
+    # Same synchronised training metrics on both workers.
+    lines = [[line.split("epoch 2/2:")[1].split(", val_")[0] for line in output.splitlines() if "epoch 2/2:" in line]
+             for output in outputs]
+    assert lines[0] == lines[1] and lines[0]
+    assert checkpoints(synthetic) == ["checkpoint_0001.hdf5", "checkpoint_0002.hdf5"]
