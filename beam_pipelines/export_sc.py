@@ -393,7 +393,7 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
         emit(f"export-sc: a complete export is already at {out} ({manifest}); kept. "
              f"Use --overwrite to replace it.")
         return 0
-    if out.exists():
+    if out.exists() and out.iterdir():  # an empty folder (made by setup) is no export at all
         emit(f"export-sc: removing {'the earlier' if manifest.exists() else 'an incomplete'} export at {out}")
         out.remove(recursive=True)
     emit(f"export-sc: {len(sites)} site(s), {len(settings.labels)} label(s), format {settings.fmt}, "

@@ -12,3 +12,5 @@ $DPBEAM setup
 $DPBEAM validate
 $DPBEAM prepare --direct_num_workers 2 --direct_running_mode multi_threading
 $DPBEAM export-sc
+$DPBEAM train --seed 1
+$DPBEAM profile
