@@ -42,6 +42,18 @@ def write_failures(records: list[dict], target: StoragePath) -> int:
     return len(records)
 
 
+def report_failures(failures: list[dict], target: StoragePath, emit, shown: int = 20) -> int:
+    """Print the failures of a run for a person; return the command's exit status (1 if any)."""
+    if not failures:
+        return 0
+    emit(f"{len(failures)} failure(s), listed in {target}:")
+    for record in failures[:shown]:
+        emit(f"  - [{record['stage']}] {record['item']}: {record['reason']}")
+    if len(failures) > shown:
+        emit(f"  ... and {len(failures) - shown} more")
+    return 1
+
+
 def read_failures(target: StoragePath) -> list[dict]:
     if not target.exists():
         return []

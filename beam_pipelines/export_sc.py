@@ -43,7 +43,7 @@ from dpcore.single_cells import CellSource, stable_fraction
 from dpcore.storage import StoragePath
 
 from beam_pipelines.context import CommandContext
-from beam_pipelines.dead_letter import WriteDeadLetters, failure, read_failures
+from beam_pipelines.dead_letter import WriteDeadLetters, failure, read_failures, report_failures
 from beam_pipelines.progress import counter_values, inc_counter
 
 logger = logging.getLogger(__name__)
@@ -410,9 +410,4 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
         emit(f"{len(written['sites_without_locations'])} site(s) have no locations file (no cells): "
              + ", ".join(written["sites_without_locations"][:10]))
     emit(f"index: {out / 'sc-metadata.parquet'}; montage: {out / 'montage.png'}; manifest: {manifest}")
-    if failures:
-        emit(f"{len(failures)} failure(s), listed in {settings.failures_file}:")
-        for record in failures[:20]:
-            emit(f"  - [{record['stage']}] {record['item']}: {record['reason']}")
-        return 1
-    return 0
+    return report_failures(failures, settings.failures_file, emit)

@@ -43,7 +43,7 @@ from dpcore.metadata import Site, load_sites, read_index, sites_from_index
 from dpcore.storage import StoragePath
 
 from beam_pipelines.context import CommandContext
-from beam_pipelines.dead_letter import WriteDeadLetters, failure, read_failures
+from beam_pipelines.dead_letter import WriteDeadLetters, failure, read_failures, report_failures
 from beam_pipelines.progress import counter_values, inc_counter
 
 logger = logging.getLogger(__name__)
@@ -389,14 +389,7 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
                  "control sites: {control_sites}".format_map(_Zero(counters)))
     emit(f"outputs: {context.layout.intensities_dir} and "
          f"{context.layout.compressed_images_dir if settings.compress else '(compression off)'}")
-    if failures:
-        emit(f"{len(failures)} failure(s), listed in {settings.failures_file}:")
-        for record in failures[:20]:
-            emit(f"  - [{record['stage']}] {record['item']}: {record['reason']}")
-        if len(failures) > 20:
-            emit(f"  ... and {len(failures) - 20} more")
-        return 1
-    return 0
+    return report_failures(failures, settings.failures_file, emit)
 
 
 class _Zero(dict):

@@ -44,7 +44,7 @@ from dpcore.single_cells import CellSource
 from dpcore.storage import StoragePath, as_storage_path
 
 from beam_pipelines.context import CommandContext, UsageError
-from beam_pipelines.dead_letter import WriteDeadLetters, failure, read_failures
+from beam_pipelines.dead_letter import WriteDeadLetters, failure, read_failures, report_failures
 from beam_pipelines.progress import counter_values, inc_counter
 
 logger = logging.getLogger(__name__)
@@ -335,9 +335,4 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     if no_cells:
         emit(f"{len(no_cells)} site(s) without cells (listed in {failures_file}): "
              + ", ".join(f["item"] for f in no_cells[:10]))
-    if real:
-        emit(f"{len(real)} failure(s), listed in {failures_file}:")
-        for record in real[:20]:
-            emit(f"  - [{record['stage']}] {record['item']}: {record['reason']}")
-        return 1
-    return 0
+    return report_failures(real, failures_file, emit)

@@ -18,7 +18,6 @@ DeepProfiler's export, measured on this machine: ~150 cells/s once started
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -33,7 +32,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.bench_prepare import build_project  # noqa: E402
+from bench.bench_prepare import build_project, project_arguments  # noqa: E402
 from dpcore import sc_records  # noqa: E402
 from dpcore.config import parse_config  # noqa: E402
 from dpcore.crops import quantise  # noqa: E402
@@ -102,14 +101,7 @@ def exported_cells(root: Path) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", type=Path, default=REPO.parent / "shared/data/bbbc022")
-    parser.add_argument("--small", type=int, default=36)
-    parser.add_argument("--large", type=int, default=108)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if not (args.source / "inputs/metadata/index.csv").exists():
-        args.source = REPO / "tests/data/bbbc022"
+    args = project_arguments(__doc__, small=36, large=108)
 
     with tempfile.TemporaryDirectory() as tmp:
         projects = {}

@@ -64,6 +64,19 @@ def build_project(source: Path, target: Path, sites: int) -> None:
     shutil.copytree(source / "inputs/config", target / "inputs/config")
 
 
+def project_arguments(description: str, small: int, large: int) -> argparse.Namespace:
+    """The benchmarks' common options: the real project to replicate and the two sizes timed."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", type=Path, default=REPO.parent / "shared/data/bbbc022")
+    parser.add_argument("--small", type=int, default=small)
+    parser.add_argument("--large", type=int, default=large)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not (args.source / "inputs/metadata/index.csv").exists():
+        args.source = REPO / "tests/data/bbbc022"  # the bundled subset, when ../shared is absent
+    return args
+
+
 def site_paths(root: Path, channels) -> list[list[StoragePath]]:
     index = pd.read_csv(root / "inputs/metadata/index.csv", dtype=str, keep_default_na=False)
     return [[StoragePath(str(root / "inputs/images" / row[c])) for c in channels] for _, row in index.iterrows()]
@@ -108,14 +121,7 @@ def time_pipeline(root: Path, workers: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", type=Path, default=REPO.parent / "shared/data/bbbc022")
-    parser.add_argument("--small", type=int, default=36)
-    parser.add_argument("--large", type=int, default=108)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if not (args.source / "inputs/metadata/index.csv").exists():
-        args.source = REPO / "tests/data/bbbc022"
+    args = project_arguments(__doc__, small=36, large=108)
     config = load_config(args.source / "inputs/config/bbbc022.json")
 
     with tempfile.TemporaryDirectory() as tmp:

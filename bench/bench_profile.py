@@ -13,7 +13,6 @@ Reports cells per second for:
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -30,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.bench_export import link_locations, make_raw_config  # noqa: E402
-from bench.bench_prepare import build_project  # noqa: E402
+from bench.bench_prepare import build_project, project_arguments  # noqa: E402
 from dpcore import models  # noqa: E402
 from dpcore.checkpoints import save_weights  # noqa: E402
 from dpcore.storage import StoragePath  # noqa: E402
@@ -67,14 +66,7 @@ def profiled_cells(root: Path) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", type=Path, default=REPO.parent / "shared/data/bbbc022")
-    parser.add_argument("--small", type=int, default=18)
-    parser.add_argument("--large", type=int, default=54)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if not (args.source / "inputs/metadata/index.csv").exists():
-        args.source = REPO / "tests/data/bbbc022"
+    args = project_arguments(__doc__, small=18, large=54)
 
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = models.classifier("efficientnet", (128, 128, 5), 2)
