@@ -123,6 +123,9 @@ def _profile_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pretrained-weights", default=None,
                         help="Keras ImageNet 'notop' weights file for repeat_channel_crop_generator "
                              "(default: ROOT/inputs/pretrained/<Keras file name>); nothing is downloaded")
+    parser.add_argument("--inference-accelerator", default=None,
+                        help="Beam resource hint for the inference step only, e.g. on Dataflow "
+                             "'type:nvidia-tesla-t4;count:1;install-nvidia-driver'")
 
 
 COMMANDS: tuple[CommandSpec, ...] = (

@@ -201,6 +201,9 @@ class ProfileSites(beam.PTransform):
     index_path: str
     skip: frozenset
     failures_file: StoragePath
+    # A Beam resource hint for the inference step only, e.g. on Dataflow
+    # "type:nvidia-tesla-t4;count:1;install-nvidia-driver": reading and cropping stay on CPU workers.
+    accelerator: str | None = None
 
     def __post_init__(self):
         super().__init__()
@@ -214,7 +217,10 @@ class ProfileSites(beam.PTransform):
             | "CutCells" >> beam.ParDo(CutCells(self.source)).with_outputs("failed", "sites", main="crops")
         )
         handler = KeyedModelHandler(FeatureModelHandler(self.spec, self.batch_size))
-        inferred, dead = cut.crops | "RunInference" >> RunInference(handler).with_exception_handling()
+        inference = RunInference(handler).with_exception_handling()
+        if self.accelerator:
+            inference = inference.with_resource_hints(accelerator=self.accelerator)
+        inferred, dead = cut.crops | "RunInference" >> inference
         failed_inference = dead.failed_inferences | "InferenceFailures" >> beam.FlatMap(_failed_batch)
         written = (
             {"info": cut.sites, "vectors": inferred | "KeyBySite" >> beam.Map(_by_site)}
@@ -263,9 +269,11 @@ def build_spec(layout: ProjectLayout, config: Config, pretrained: str | None) ->
 
 
 def run(source: CellSource, spec: FeatureModelSpec, batch_size: int, index_path: str, skip: frozenset,
-        failures_file: StoragePath, beam_args=(), test_pipeline=None) -> tuple[dict, list]:
+        failures_file: StoragePath, beam_args=(), test_pipeline=None, accelerator: str | None = None
+        ) -> tuple[dict, list]:
     pipeline = test_pipeline or beam.Pipeline(options=PipelineOptions(list(beam_args)))
-    written = pipeline | "Profile" >> ProfileSites(source, spec, batch_size, index_path, skip, failures_file)
+    written = pipeline | "Profile" >> ProfileSites(source, spec, batch_size, index_path, skip, failures_file,
+                                                   accelerator)
     _ = written | "CountWritten" >> beam.combiners.Count.Globally()
     result = pipeline.run()
     result.wait_until_finish()
@@ -313,7 +321,7 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     counters, failures = ({}, [])
     if len(skip) < len(sites):
         counters, failures = run(source, spec, config.profile.batch_size, str(index_path), skip, failures_file,
-                                 local_parallelism(context.beam_args))
+                                 local_parallelism(context.beam_args), accelerator=args.inference_accelerator)
     manifest = {
         "model": spec.model_name, "conv_blocks": spec.conv_blocks, "feature_layer": spec.feature_layer,
         "features_per_cell": dimension, "feature_prefix": f"{spec.model_name}_",
