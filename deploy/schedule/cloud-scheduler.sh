@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Launch the dpbeam Flex Template every night with Cloud Scheduler (no Airflow needed).
+# Build and stage the template once:
+#   gcloud dataflow flex-template build gs://BUCKET/templates/dpbeam.json \
+#     --image REGION-docker.pkg.dev/PROJECT/dpbeam/launcher:0.1.0 --sdk-language PYTHON \
+#     --metadata-file deploy/dataflow/flex-template-metadata.json
+# Then schedule `profile` (schedule `prepare` an hour earlier the same way). Re-launches only process
+# what is not committed yet, so a failed night is retried by the next one.
+set -euo pipefail
+PROJECT=${PROJECT:?} REGION=${REGION:?} BUCKET=${BUCKET:?} SERVICE_ACCOUNT=${SERVICE_ACCOUNT:?}
+for COMMAND in prepare profile; do
+  HOUR=$([ "$COMMAND" = prepare ] && echo 1 || echo 3)
+  gcloud scheduler jobs create http "dpbeam-$COMMAND" --location "$REGION" --schedule "0 $HOUR * * *" \
+    --uri "https://dataflow.googleapis.com/v1b3/projects/$PROJECT/locations/$REGION/flexTemplates:launch" \
+    --http-method POST --oauth-service-account-email "$SERVICE_ACCOUNT" \
+    --message-body "{\"launchParameter\": {\"jobName\": \"dpbeam-$COMMAND\",
+      \"containerSpecGcsPath\": \"gs://$BUCKET/templates/dpbeam.json\",
+      \"parameters\": {\"command\": \"$COMMAND\", \"root\": \"gs://$BUCKET/project\", \"config\": \"screen.json\"},
+      \"environment\": {\"sdkContainerImage\": \"$REGION-docker.pkg.dev/$PROJECT/dpbeam/worker-gpu:0.1.0\"}}}"
+done
