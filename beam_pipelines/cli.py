@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 from dpcore import __version__
 from dpcore.config import ConfigError
 from dpcore.layout import ProjectLayout, UnsafePathError
+from dpcore.locking import LockedError
 from dpcore.metadata import MetadataError
 
 from beam_pipelines import commands
@@ -101,6 +102,9 @@ def main(argv: Sequence[str] | None = None, *, emit: Callable[[str], None] = _em
         return spec.run(context, args, emit)
     except (UsageError, ConfigError, MetadataError, UnsafePathError, ValueError) as error:
         emit(f"dpbeam {spec.name}: error: {error}")
+        return EXIT_USAGE
+    except LockedError as error:
+        emit(f"dpbeam {spec.name}: refused: {error}")
         return EXIT_USAGE
     except FileNotFoundError as error:
         emit(f"dpbeam {spec.name}: error: {error}")

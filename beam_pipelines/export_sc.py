@@ -38,6 +38,7 @@ from dpcore.crops import full_image_centres, quantise
 from dpcore.images import ImageReadError, encode_png
 from dpcore.layout import ProjectLayout, UnsafePathError
 from dpcore.locations import LocationsError, LocationsMissing, read_locations
+from dpcore.locking import output_lock
 from dpcore.metadata import Site, load_sites, read_index, sites_from_index
 from dpcore.single_cells import CellSource, stable_fraction
 from dpcore.storage import StoragePath
@@ -387,6 +388,11 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     sites = load_sites(context.layout.index_file, config, "export-sc")
     compression = "GZIP" if args.gzip else ""
     settings = plan(context.layout, config, sites, args.format, compression, args.shard_mb)
+    with output_lock(settings.out, "export-sc"):
+        return _export(settings, context, sites, args, emit)
+
+
+def _export(settings: ExportSettings, context: CommandContext, sites: list[Site], args, emit) -> int:
     out = settings.out
     manifest = out / MANIFEST_NAME
     if manifest.exists() and not args.overwrite:

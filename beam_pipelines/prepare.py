@@ -39,8 +39,9 @@ from dpcore.illumination import (PlateAccumulator, compute_statistics, merge_acc
                                  site_contribution, write_statistics)
 from dpcore.images import ImageReadError, decode_image, encode_png, read_image
 from dpcore.layout import ProjectLayout, UnsafePathError
+from dpcore.locking import output_lock
 from dpcore.metadata import Site, load_sites, read_index, sites_from_index
-from dpcore.storage import StoragePath
+from dpcore.storage import StoragePath, remove_stale_temporaries
 
 from beam_pipelines.context import CommandContext
 from beam_pipelines.dead_letter import WriteDeadLetters, failure, read_failures, report_failures
@@ -377,7 +378,9 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     settings = PrepareSettings.from_config(context.layout, config, overwrite=args.overwrite)
     emit(f"prepare: {len(plates)} plate(s), {len(sites)} site(s), {len(config.channels)} channel(s); "
          f"compression {'on' if settings.compress else 'off'}")
-    counters, complete = run(settings, plates, context.beam_args)
+    with output_lock(context.layout.intensities_dir, "prepare"):
+        remove_stale_temporaries(context.layout.compressed_images_dir)  # prepare writes there too
+        counters, complete = run(settings, plates, context.beam_args)
     failures = read_failures(settings.failures_file) if counters is not None else []
     for plate in complete:
         emit(f"plate {plate}: already complete ({settings.manifest(plate)}); --overwrite recomputes it")

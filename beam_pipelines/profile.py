@@ -38,6 +38,7 @@ from dpcore.config import Config, ConfigError
 from dpcore.images import ImageReadError
 from dpcore.layout import ProjectLayout, UnsafePathError
 from dpcore.locations import LocationsError, LocationsMissing
+from dpcore.locking import output_lock
 from dpcore.metadata import Site, load_sites, read_index, sites_from_index
 from dpcore.profiling import PRETRAINED_FILES, FeatureModelSpec, classes_in_checkpoint, feature_frame
 from dpcore.single_cells import CellSource
@@ -320,8 +321,9 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     failures_file = layout.features_dir / "_failed" / "profile-failures.jsonl"
     counters, failures = ({}, [])
     if len(skip) < len(sites):
-        counters, failures = run(source, spec, config.profile.batch_size, str(index_path), skip, failures_file,
-                                 local_parallelism(context.beam_args), accelerator=args.inference_accelerator)
+        with output_lock(layout.features_dir, "profile"):
+            counters, failures = run(source, spec, config.profile.batch_size, str(index_path), skip, failures_file,
+                                     local_parallelism(context.beam_args), accelerator=args.inference_accelerator)
     manifest = {
         "model": spec.model_name, "conv_blocks": spec.conv_blocks, "feature_layer": spec.feature_layer,
         "features_per_cell": dimension, "feature_prefix": f"{spec.model_name}_",

@@ -8,11 +8,13 @@ Everything that can be wrong is checked before the first step.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 
 from dpcore.checkpoints import CheckpointError
 from dpcore.config import Config
+from dpcore.locking import output_lock
 from dpcore.profiling import PRETRAINED_FILES
 from dpcore.training import TrainingError, TrainingPlan, checkpoint_name
 from dpcore.training_data import ExportInfo, TrainingDataError
@@ -106,7 +108,9 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     if first > plan.epochs:
         emit(f"train: all {plan.epochs} epochs are done already; nothing to train")
         return 0
-    rows = trainer.run(first)
+    # Only the chief writes; with several workers the others must not contend for the lock.
+    with output_lock(layout.checkpoint_dir, "train") if trainer.chief else contextlib.nullcontext():
+        rows = trainer.run(first)
     last = rows[-1]
     emit("last epoch: " + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k != "epoch"))
     saved = sorted(p.name for p in layout.checkpoint_dir.glob("checkpoint_*.hdf5"))

@@ -194,6 +194,26 @@ class StoragePath:
         self.write_bytes(text.encode(encoding))
 
 
+def remove_stale_temporaries(folder: StoragePath) -> int:
+    """Delete ``.*.tmp`` files that interrupted atomic writes left under a local folder.
+
+    Call only while holding the folder's lock (dpcore.locking): then no live
+    writer owns them. Object stores never get such files (uploads are atomic).
+    """
+    if not folder.is_local or not os.path.isdir(folder.url):
+        return 0
+    removed = 0
+    for directory, _, files in os.walk(folder.url):
+        for name in files:
+            if name.startswith(".") and name.endswith(".tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(directory, name))
+                    removed += 1
+    if removed:
+        logger.info("removed %d temporary file(s) left by an interrupted run under %s", removed, folder)
+    return removed
+
+
 def as_storage_path(value: "str | os.PathLike[str] | StoragePath") -> StoragePath:
     if isinstance(value, StoragePath):
         return value

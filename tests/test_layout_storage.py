@@ -88,3 +88,14 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     target.write_bytes(b"complete")
     assert target.read_bytes() == b"complete"
     assert os.listdir(tmp_path / "out") == ["file.bin"]
+
+
+def test_stale_temporaries_are_removed_and_real_files_kept(tmp_path):
+    from dpcore.storage import remove_stale_temporaries
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a/.x.png.1234abcd.tmp").write_bytes(b"partial")
+    (tmp_path / "a/x.png").write_bytes(b"complete")
+    (tmp_path / "a/.hidden").write_bytes(b"not ours")
+    assert remove_stale_temporaries(StoragePath(str(tmp_path))) == 1
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [".hidden", "x.png"]

@@ -196,8 +196,9 @@ def test_killed_run_then_rerun_gives_identical_outputs(project, prepared):
     assert not (project / f"outputs/intensities/{PLATE}/prepare.json").exists(), "killed too late to test resume"
     code, text = prepare(project)
     assert code == 0, text
-    ours = {k: v for k, v in output_files(project).items()}
-    assert ours == output_files(reference_root)
+    assert not list(project.rglob("*.tmp")), "temporary files of the killed run must be cleaned up"
+    assert not (project / "outputs/.intensities.dpbeam-lock").exists()
+    assert output_files(project) == output_files(reference_root)
     for key, value in load_npz(reference_root).items():
         np.testing.assert_array_equal(load_npz(project)[key], value, err_msg=key)
 
