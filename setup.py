@@ -31,6 +31,7 @@ EXTRAS_REQUIRE = {
         "pytest>=8.0",
         "pytest-timeout>=2.3",
         "hypothesis>=6.100",
+        "gcp-storage-emulator>=2024.8",  # a local GCS server: tests run --root gs://... end to end
     ],
 }
 
