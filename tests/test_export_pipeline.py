@@ -191,3 +191,16 @@ def test_mask_objects_fails_clearly_before_any_work(project, example_config_dict
     code, text = export(project, config=name)
     assert code == 2 and "dataset.locations.mask_objects" in text and "not supported" in text
     assert not (project / "outputs/single-cells").exists()
+
+
+def test_a_corrupt_compressed_png_goes_to_the_dead_letter(prepared, tmp_path):
+    root = tmp_path / "project"
+    shutil.copytree(prepared[0], root)
+    png = sorted((root / "outputs/compressed/images/20585").glob("IXMtest_A13_s2_*.png"))[0]
+    png.write_bytes(png.read_bytes()[:2000])  # truncated PNG
+    code, text = export(root)
+    assert code == 1
+    assert "20585/A13-2" in text and png.name in text and "corrupt or truncated" in text
+    manifest = json.loads((root / "outputs/single-cells/manifest.json").read_text())
+    lost = len(pd.read_csv(root / "inputs/locations/20585/A13-2-Nuclei.csv"))
+    assert sum(manifest["counts"].values()) == 808 - lost

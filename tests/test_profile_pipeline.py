@@ -248,3 +248,17 @@ def test_part_profiles_one_split_of_the_index(small):
     assert code == 0, text
     written = sorted(p.name for p in (root / "outputs/results/features/20585").glob("*.parquet"))
     assert written == ["A13-1.parquet", "A13-7.parquet"]
+
+
+def test_two_worker_processes_give_the_same_features(small):
+    root, name, _ = small
+    assert profile(root, name, "--direct_num_workers", "1")[0] == 0
+    one = features_of(root).sort_values(["Metadata_Well", "Metadata_Site", "Metadata_Cell_Index"])
+    code, text = profile(root, name, "--overwrite", "--direct_num_workers", "2",
+                         "--direct_running_mode", "multi_processing")
+    assert code == 0, text
+    two = features_of(root).sort_values(["Metadata_Well", "Metadata_Site", "Metadata_Cell_Index"])
+    pd.testing.assert_frame_equal(one.drop(columns=one.filter(like="efficientnet_").columns).reset_index(drop=True),
+                                  two.drop(columns=two.filter(like="efficientnet_").columns).reset_index(drop=True))
+    np.testing.assert_allclose(two.filter(like="efficientnet_").to_numpy(), one.filter(like="efficientnet_").to_numpy(),
+                               atol=1e-5)
