@@ -32,7 +32,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.bench_prepare import build_project, project_arguments  # noqa: E402
+from bench.bench_prepare import build_project, project_arguments, write_json  # noqa: E402
 from dpcore import sc_records  # noqa: E402
 from dpcore.config import parse_config  # noqa: E402
 from dpcore.crops import quantise  # noqa: E402
@@ -134,6 +134,8 @@ def main() -> None:
     print(f"\npipeline (1 worker) / plain loop   = {rates[1] / plain:.2f}   (aim >= 0.77, i.e. within 1.3x)")
     print(f"pipeline 2 workers / 1 worker      = {rates[2] / rates[1]:.2f}")
     print(f"pipeline (1 worker) / DeepProfiler = {rates[1] / DEEPPROFILER_CELLS_PER_SECOND:.2f}")
+    write_json(args.json, {"stage": "export-sc", "unit": "cells/s", "limit_name": "plain numpy loop",
+                           "limit": plain, "one": rates[1], "two": rates[2], "two_mode": "2 processes"})
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ DeepProfiler's own prepare, measured on this machine: ~0.45 s per five-channel
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -70,11 +71,25 @@ def project_arguments(description: str, small: int, large: int) -> argparse.Name
     parser.add_argument("--source", type=Path, default=REPO.parent / "shared/data/bbbc022")
     parser.add_argument("--small", type=int, default=small)
     parser.add_argument("--large", type=int, default=large)
+    parser.add_argument("--json", type=Path, default=None, help="also write the numbers here (bench_all.py)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not (args.source / "inputs/metadata/index.csv").exists():
         args.source = REPO / "tests/data/bbbc022"  # the bundled subset, when ../shared is absent
     return args
+
+
+def peak_memory_mb() -> float:
+    """Largest resident set of this process or any child it waited for (Linux: ru_maxrss in kB)."""
+    import resource  # noqa: PLC0415 -- Unix only, like the benchmarks
+
+    return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+               resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+
+
+def write_json(path: Path | None, result: dict) -> None:
+    if path is not None:
+        path.write_text(json.dumps({**result, "peak_memory_mb": peak_memory_mb()}, indent=1))
 
 
 def site_paths(root: Path, channels) -> list[list[StoragePath]]:
@@ -155,6 +170,9 @@ def main() -> None:
     print(f"pipeline 2 workers / 1 worker        = {rates[2] / rates[1]:.2f}   (aim near 2)")
     print(f"pipeline (1 worker) / DeepProfiler   = {rates[1] / DEEPPROFILER_SITES_PER_SECOND:.2f}")
     print(f"plain loop / decode only             = {plain / decode:.2f}   (share of time that is not decoding)")
+    write_json(args.json, {"stage": "prepare", "unit": "sites/s", "limit_name": "plain numpy loop",
+                           "limit": plain, "one": rates[1], "two": rates[2], "two_mode": "2 processes",
+                           "decode": decode})
 
 
 if __name__ == "__main__":

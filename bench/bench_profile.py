@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.bench_export import link_locations, make_raw_config  # noqa: E402
-from bench.bench_prepare import build_project, project_arguments  # noqa: E402
+from bench.bench_prepare import build_project, project_arguments, write_json  # noqa: E402
 from dpcore import models  # noqa: E402
 from dpcore.checkpoints import save_weights  # noqa: E402
 from dpcore.storage import StoragePath  # noqa: E402
@@ -97,6 +97,8 @@ def main() -> None:
     print(f"{'dpbeam profile, 2 threads (multi_threading)':<56} {rates[2]:>9.1f}")
     print(f"\npipeline 1 worker / limit  = {rates[1] / limit:.2f}   (aim >= 0.8; DeepProfiler ~0.6 once started)")
     print(f"pipeline 2 threads / limit = {rates[2] / limit:.2f}")
+    write_json(args.json, {"stage": "profile", "unit": "cells/s", "limit_name": "model.predict, crops in memory",
+                           "limit": limit, "one": rates[1], "two": rates[2], "two_mode": "2 threads"})
 
 
 if __name__ == "__main__":

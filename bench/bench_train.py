@@ -34,6 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="efficientnet")
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--json", type=Path, default=None, help="also write the numbers here (bench_all.py)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
@@ -88,6 +89,9 @@ def main() -> None:
     print(f"{'cached in memory (the model alone)':<48} {cached_rate:>8.2f}")
     print(f"{'streaming from the TFRecord shards':<48} {streaming_rate:>8.2f}")
     print(f"\nstreaming / cached = {streaming_rate / cached_rate:.2f}   (aim >= 0.9)")
+    from bench.bench_prepare import write_json  # noqa: PLC0415
+    write_json(args.json, {"stage": "train", "unit": "steps/s", "limit_name": "same batches cached in memory",
+                           "limit": cached_rate, "one": streaming_rate, "two": None, "two_mode": "-"})
 
 
 if __name__ == "__main__":
