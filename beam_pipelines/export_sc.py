@@ -130,7 +130,7 @@ class CellCutter:
             return
         try:
             cut = s.source.cut(site, centres)
-        except (ImageReadError, UnsafePathError) as error:
+        except (ImageReadError, UnsafePathError, LocationsError) as error:  # images, or an outline image
             self._fail("images", site, error)
             return
         inc_counter(NAMESPACE, "sites_read")

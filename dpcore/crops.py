@@ -120,12 +120,31 @@ def normalise_crops(crops: np.ndarray) -> np.ndarray:
     return ((crops - low) / (high - low + NORMALISATION_EPSILON)).astype(np.float32)
 
 
-def cut_crops(image: np.ndarray, boxes: np.ndarray, box_size: int) -> CropBatch:
-    """Crop, drop what DeepProfiler could not use, normalise. ``image`` is ``(H, W, C)``."""
+def object_ids(labels: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """DeepProfiler's object id of each cell: the median label in a 10x10 patch at its centre."""
+    ids = np.zeros(len(centres), dtype=np.int64)
+    for n, (x, y) in enumerate(np.asarray(centres)):
+        patch = labels[max(int(y) - 5, 0):int(y) + 5, max(int(x) - 5, 0):int(x) + 5]
+        if patch.size:
+            ids[n] = int(np.median(patch))
+    return ids
+
+
+def cut_crops(image: np.ndarray, boxes: np.ndarray, box_size: int, labels: np.ndarray | None = None,
+              ids: np.ndarray | None = None) -> CropBatch:
+    """Crop, drop what DeepProfiler could not use, normalise. ``image`` is ``(H, W, C)``.
+
+    With an outline label image (``labels``, same size) and each cell's object id, every crop
+    keeps only its own object's pixels (``mask_objects``): the label image is cropped with the
+    same box and pixels whose label differs from the cell's id become 0 before normalisation.
+    """
     outside = boxes_outside(boxes)
     inside = np.flatnonzero(~outside)
     crops = crop_and_resize(image, boxes[inside], box_size) if inside.size else np.zeros(
         (0, box_size, box_size, image.shape[-1]), np.float32)
+    if labels is not None and inside.size:
+        cropped_labels = crop_and_resize(labels[:, :, None].astype(np.float32), boxes[inside], box_size)
+        crops = crops * (cropped_labels == ids[inside, None, None, None].astype(np.float32))
     finite = np.isfinite(crops).all(axis=(1, 2, 3))
     crops = normalise_crops(crops[finite]) if finite.any() else crops[:0]
     return CropBatch(crops=crops, kept=inside[finite], outside=int(outside.sum()), invalid=int((~finite).sum()))

@@ -15,13 +15,16 @@ import numpy as np
 
 from dpcore.compression import output_shape
 from dpcore.config import Config, ConfigError
-from dpcore.crops import CropBatch, cell_boxes, cut_crops, full_image_centres
-from dpcore.layout import ProjectLayout
-from dpcore.locations import read_locations
-from dpcore.metadata import Site
+from dpcore.crops import CropBatch, cell_boxes, cut_crops, full_image_centres, object_ids
+from dpcore.images import read_image
+from dpcore.layout import ProjectLayout, resolve_inside
+from dpcore.locations import LocationsError, read_locations
+from dpcore.metadata import Site, check_columns, read_index
 from dpcore.sites import compressed_image_paths, raw_image_paths, read_stack
 
 logger = logging.getLogger(__name__)
+
+OUTLINES_INDEX = "outlines.csv"
 
 
 @dataclass(frozen=True)
@@ -43,18 +46,34 @@ class CellSource:
     use_compressed: bool
     scaling_factor: float
 
+    # (plate, well, site) -> outline image path relative to inputs/outlines; empty unless mask_objects.
+    outlines: tuple[tuple[tuple[str, str, str], str], ...] = ()
+
     @classmethod
     def from_config(cls, layout: ProjectLayout, config: Config) -> "CellSource":
         locations = config.dataset.locations
-        if locations.mask_objects:
-            raise ConfigError(config.source, [
-                "dataset.locations.mask_objects is true, but masking cells with outlines is not supported "
-                "by this version of dpbeam; set it to false (DeepProfiler's recommended value)"])
+        outlines = read_outlines_index(layout, config.source) if locations.mask_objects else {}
         return cls(layout=layout, channels=config.channels, width=config.dataset.images.width,
                    height=config.dataset.images.height, box_size=locations.box_size,
                    view_size=locations.effective_view_size, mode=locations.mode,
                    use_compressed=config.prepare.compression.implement,
-                   scaling_factor=config.prepare.compression.scaling_factor)
+                   scaling_factor=config.prepare.compression.scaling_factor,
+                   outlines=tuple(sorted(outlines.items())))
+
+    def outline_labels(self, site: Site) -> np.ndarray:
+        """The site's object label image at the size of the images read (nearest neighbour)."""
+        relative = dict(self.outlines).get((site.plate, site.well, site.site))
+        if relative is None:
+            raise LocationsError(f"site {site.key}: no row in {self.layout.metadata_dir / OUTLINES_INDEX} "
+                                 f"(mask_objects needs an outline image for every site)")
+        labels = read_image(resolve_inside(self.layout.outlines_dir, relative, self.layout.root),
+                            (self.height, self.width))
+        height, width = self.image_shape
+        if (height, width) != labels.shape:
+            rows = np.minimum((np.arange(height) + 0.5) * labels.shape[0] / height, labels.shape[0] - 1)
+            cols = np.minimum((np.arange(width) + 0.5) * labels.shape[1] / width, labels.shape[1] - 1)
+            labels = labels[rows.astype(int)[:, None], cols.astype(int)[None, :]]
+        return labels
 
     @property
     def image_shape(self) -> tuple[int, int]:
@@ -80,8 +99,27 @@ class CellSource:
         extent = self.view_size if self.mode == "full_image" else self.box_size
         boxes = cell_boxes(centres, extent * self.image_shape[0] / self.height, self.image_shape,
                            (self.height, self.width))
-        batch = cut_crops(image.astype(np.float32), boxes, self.box_size)
+        labels = ids = None
+        if self.outlines:
+            labels = self.outline_labels(site)
+            scaled = np.asarray(centres, dtype=np.float64) * [self.image_shape[1] / self.width,
+                                                               self.image_shape[0] / self.height]
+            ids = object_ids(labels, scaled)
+        batch = cut_crops(image.astype(np.float32), boxes, self.box_size, labels, ids)
         return SiteCells(site=site, centres=centres, batch=batch)
+
+
+def read_outlines_index(layout: ProjectLayout, source: str) -> dict[tuple[str, str, str], str]:
+    """DeepProfiler's ``inputs/metadata/outlines.csv``: plate, well, site -> ``Outlines`` image path."""
+    path = layout.metadata_dir / OUTLINES_INDEX
+    if not path.exists():
+        raise ConfigError(source, [f"dataset.locations.mask_objects is true but {path} does not exist: it must "
+                                   f"list Metadata_Plate, Metadata_Well, Metadata_Site and Outlines (an object "
+                                   f"label image per site, relative to {layout.outlines_dir})"])
+    frame = read_index(path)
+    check_columns(frame, ("Metadata_Plate", "Metadata_Well", "Metadata_Site", "Outlines"), str(path))
+    return {(r["Metadata_Plate"].strip(), r["Metadata_Well"].strip(), r["Metadata_Site"].strip()): r["Outlines"].strip()
+            for _, r in frame.iterrows()}
 
 
 def stable_fraction(key: str) -> float:

@@ -186,11 +186,58 @@ def test_full_image_mode_exports_deepprofilers_tiles(project, example_config_dic
                ["shards"]["training"])
 
 
-def test_mask_objects_fails_clearly_before_any_work(project, example_config_dict):
+def _write_outlines(project: Path, radius: int = 20) -> dict:
+    """A label image per site: a disk of ``radius`` around each nucleus, labelled 1, 2, ... in file order."""
+    import tifffile
+
+    index = pd.read_csv(project / "inputs/metadata/index.csv", dtype=str)
+    rows, centres = [], {}
+    yy, xx = np.mgrid[:520, :696]
+    for _, row in index.iterrows():
+        key = (row["Metadata_Well"], row["Metadata_Site"])
+        cells = pd.read_csv(project / f"inputs/locations/20585/{key[0]}-{key[1]}-Nuclei.csv").to_numpy()
+        labels = np.zeros((520, 696), np.uint16)
+        for n, (x, y) in enumerate(cells, start=1):
+            labels[(xx - x) ** 2 + (yy - y) ** 2 <= radius ** 2] = n
+        relative = f"20585/{key[0]}-{key[1]}-Cells.tif"
+        (project / "inputs/outlines/20585").mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(project / "inputs/outlines" / relative, labels)
+        rows.append({"Metadata_Plate": "20585", "Metadata_Well": key[0], "Metadata_Site": key[1],
+                     "Outlines": relative})
+        centres[key] = cells
+    pd.DataFrame(rows).to_csv(project / "inputs/metadata/outlines.csv", index=False)
+    return centres
+
+
+def test_mask_objects_keeps_only_each_cells_own_object(project, example_config_dict):
+    centres = _write_outlines(project, radius=20)
+    name = raw_config(project, example_config_dict, box_size=64, mask_objects=True)
+    code, text = export(project, config=name)
+    assert code == 0, text
+    records = read_shards(project / "outputs/single-cells", box=64)
+    assert len(records) == 808
+    yy, xx = np.mgrid[:64, :64]
+    checked = 0
+    for record in records[::7]:
+        x, y = float(record["center_x"]), float(record["center_y"])
+        site = centres[(record["well"], record["site"])]
+        if (np.hypot(site[:, 0] - x, site[:, 1] - y) < 42).sum() > 1:
+            continue  # a neighbour's disk may cover this centre: its object is then the neighbour's
+        if y < 33 or x < 33 or y > 520 - 33 or x > 696 - 33:
+            continue  # border cells: the comparison below assumes the whole box is inside the image
+        far = np.hypot(yy - 31.5, xx - 31.5) > 23   # outside this cell's disk (radius 20, box 64: 1 px/px)
+        assert (record["image"][far] == 0).all(), "pixels outside the object must be masked"
+        near = np.hypot(yy - 31.5, xx - 31.5) < 15
+        assert (record["image"][near].max(axis=0) > 0).all(), "the object itself must be kept"
+        checked += 1
+    assert checked >= 8
+
+
+def test_mask_objects_without_outlines_fails_clearly_before_any_work(project, example_config_dict):
     name = raw_config(project, example_config_dict, mask_objects=True)
     code, text = export(project, config=name)
-    assert code == 2 and "dataset.locations.mask_objects" in text and "not supported" in text
-    assert not (project / "outputs/single-cells").exists()
+    assert code == 2 and "dataset.locations.mask_objects" in text and "outlines.csv" in text
+    assert not list((project / "outputs/single-cells").glob("*.tfrecord"))
 
 
 def test_a_corrupt_compressed_png_goes_to_the_dead_letter(prepared, tmp_path):
