@@ -101,6 +101,7 @@ def main(argv: Sequence[str] | None = None, *, emit: Callable[[str], None] = _em
                                  beam_args=tuple(leftovers))
         return spec.run(context, args, emit)
     except (UsageError, ConfigError, MetadataError, UnsafePathError, ValueError) as error:
+        logger.debug("dpbeam %s stopped", spec.name, exc_info=True)  # --log-level DEBUG shows where
         emit(f"dpbeam {spec.name}: error: {error}")
         return EXIT_USAGE
     except LockedError as error:
@@ -112,4 +113,8 @@ def main(argv: Sequence[str] | None = None, *, emit: Callable[[str], None] = _em
 
 
 def entry_point() -> None:
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # `dpbeam ... | head`: the reader left; nothing more to say
+        sys.stderr.close()
+        sys.exit(0)

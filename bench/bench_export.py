@@ -32,7 +32,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.bench_prepare import build_project, project_arguments, write_json  # noqa: E402
+from bench.bench_prepare import build_project, project_arguments, rate_once_started, write_json  # noqa: E402
 from dpcore import sc_records  # noqa: E402
 from dpcore.config import parse_config  # noqa: E402
 from dpcore.crops import quantise  # noqa: E402
@@ -118,10 +118,8 @@ def main() -> None:
         rates = {}
         for workers in (1, 2):
             logger.info("pipeline, %d worker(s) ...", workers)
-            t_small = time_pipeline(projects["small"], workers)
-            t_large = time_pipeline(projects["large"], workers)
-            extra = exported_cells(projects["large"]) - exported_cells(projects["small"])
-            rates[workers] = extra / max(t_large - t_small, 1e-9)
+            rates[workers] = rate_once_started(lambda root: time_pipeline(root, workers), exported_cells,
+                                               projects["small"], projects["large"])
 
     print(f"\nexport-sc benchmark: {args.large} vs {args.small} sites of real BBBC022 images "
           f"({cells} cells in the large project), box 128, 5 channels, {os.cpu_count()} cores")

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.bench_export import link_locations, make_raw_config  # noqa: E402
-from bench.bench_prepare import build_project, project_arguments, write_json  # noqa: E402
+from bench.bench_prepare import build_project, project_arguments, rate_once_started, write_json  # noqa: E402
 from dpcore import models  # noqa: E402
 from dpcore.checkpoints import save_weights  # noqa: E402
 from dpcore.storage import StoragePath  # noqa: E402
@@ -85,9 +85,8 @@ def main() -> None:
         rates = {}
         for workers in (1, 2):
             logger.info("pipeline, %d thread(s): %d and %d sites ...", workers, args.small, args.large)
-            t_small, t_large = time_pipeline(roots["small"], workers), time_pipeline(roots["large"], workers)
-            extra = profiled_cells(roots["large"]) - profiled_cells(roots["small"])
-            rates[workers] = extra / max(t_large - t_small, 1e-9)
+            rates[workers] = rate_once_started(lambda root: time_pipeline(root, workers), profiled_cells,
+                                               roots["small"], roots["large"])
 
     print(f"\nprofile benchmark: EfficientNet-B0, 128x128x5, batch {BATCH}, layer block6a_activation, "
           f"{os.cpu_count()} cores (CPU)")
