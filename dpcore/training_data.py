@@ -14,12 +14,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from dpcore import sc_records
 from dpcore.storage import StoragePath
@@ -63,8 +65,6 @@ class ExportInfo:
                     raise TrainingDataError(f"shard {file} listed in {manifest_path} is missing")
                 if path.size() == 0 and manifest["counts"].get(split, 0):
                     raise TrainingDataError(f"shard {file} is empty but the manifest counts cells in {split!r}")
-        import pandas as pd  # noqa: PLC0415
-        import io  # noqa: PLC0415
         index = pd.read_parquet(io.BytesIO((folder / "sc-metadata.parquet").read_bytes()),
                                 columns=["Label", "Split_Set"])
         label_counts = {split: {int(k): int(v) for k, v in group["Label"].value_counts().items()}

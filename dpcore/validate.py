@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from dpcore.config import Config, ConfigError
 from dpcore.images import ImageReadError, image_shape
 from dpcore.layout import ProjectLayout, UnsafePathError
-from dpcore.locations import LocationsError, LocationsMissing, read_locations
+from dpcore.locations import LocationsError, read_locations
 from dpcore.metadata import (MetadataError, Site, check_columns, read_index, required_columns,
                              sites_from_index, summarise)
 
@@ -72,11 +72,8 @@ def _check_image(layout: ProjectLayout, site: Site, channel: str, relative: str,
 
 def _count_cells(layout: ProjectLayout, site: Site) -> tuple[int | None, str | None]:
     try:
-        path = layout.locations_file(site.plate, site.well, site.site)
-        return len(read_locations(path)), None
-    except LocationsMissing as error:
-        return None, f"site {site.key}: {error}"
-    except (LocationsError, UnsafePathError) as error:
+        return len(read_locations(layout.locations_file(site.plate, site.well, site.site))), None
+    except (LocationsError, UnsafePathError) as error:  # LocationsMissing included: no file is a problem here
         return None, f"site {site.key}: {error}"
 
 
