@@ -268,3 +268,29 @@ def test_two_workers_on_localhost_train_in_sync(synthetic):
              for output in outputs]
     assert lines[0] == lines[1] and lines[0]
     assert checkpoints(synthetic) == ["checkpoint_0001.hdf5", "checkpoint_0002.hdf5"]
+
+
+def test_a_killed_training_run_continues_after_its_last_finished_epoch(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "project"
+    write_synthetic_export(root / "outputs/single-cells", {"training": (400, 400, 400), "validation": (20, 20, 20)})
+    config = write_config(root, synthetic_config(epochs=5), "kill.json")
+    command = [sys.executable, "-m", "beam_pipelines", "--root", str(root), "--config", config, "train", "--seed", "3"]
+    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    state = root / "outputs/results/checkpoint/backup/state.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and not state.exists():
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGKILL)  # somewhere in epoch 2 or later
+    run.wait()
+    finished = json.loads(state.read_text())["epoch"]
+    assert finished < 5, "killed too late to test resuming"
+    code, text = run_cli("--root", str(root), "--config", config, "train", "--seed", "3")
+    assert code == 0 and f"continuing an interrupted run after epoch {finished}" in text, text
+    assert list(log(root)["epoch"]) == [1, 2, 3, 4, 5]
+    assert checkpoints(root) == [f"checkpoint_000{i}.hdf5" for i in range(1, 6)]
