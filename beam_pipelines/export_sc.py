@@ -39,7 +39,7 @@ from dpcore.images import ImageReadError, encode_png
 from dpcore.layout import ProjectLayout, UnsafePathError
 from dpcore.locations import LocationsError, LocationsMissing, read_locations
 from dpcore.locking import output_lock
-from dpcore.metadata import Site, load_sites, read_index, sites_from_index
+from dpcore.metadata import Site, load_sites, read_sites
 from dpcore.single_cells import CellSource, stable_fraction
 from dpcore.storage import StoragePath
 
@@ -296,10 +296,6 @@ class WriteIndexAndManifest(beam.DoFn):
         yield str(s.out / MANIFEST_NAME)
 
 
-def _read_index_sites(index_path: str, channels: tuple[str, ...]) -> Iterator[Site]:
-    yield from sites_from_index(read_index(index_path), channels, index_path)
-
-
 @dataclass
 class ExportSingleCells(beam.PTransform):
     settings: ExportSettings
@@ -313,7 +309,7 @@ class ExportSingleCells(beam.PTransform):
         sites = (
             pbegin
             | "IndexFile" >> beam.Create([self.index_path])
-            | "ReadIndex" >> beam.FlatMap(_read_index_sites, s.source.channels)
+            | "ReadIndex" >> beam.FlatMap(read_sites, s.source.channels)
         )
         if s.fmt == "png":
             written = sites | "SpreadSites" >> beam.Reshuffle() | "WriteSitePngs" >> beam.ParDo(

@@ -40,7 +40,8 @@ from dpcore.illumination import (PlateAccumulator, compute_statistics, merge_acc
 from dpcore.images import ImageReadError, decode_image, encode_png, read_image
 from dpcore.layout import ProjectLayout, UnsafePathError
 from dpcore.locking import output_lock
-from dpcore.metadata import Site, load_sites, read_index, sites_from_index
+from dpcore.metadata import Site, load_sites, read_sites
+from dpcore.sites import raw_image_paths, read_stack
 from dpcore.storage import StoragePath, remove_stale_temporaries
 
 from beam_pipelines.context import CommandContext
@@ -116,8 +117,8 @@ class ReadSiteContribution(beam.DoFn):
     def process(self, site: Site) -> Iterator:
         s = self.settings
         try:
-            paths = [s.layout.image_file(relative) for relative in site.channel_files]
-            stack = np.stack([read_image(path, (s.height, s.width)) for path in paths], axis=-1)
+            paths = raw_image_paths(s.layout, site)
+            stack = read_stack(paths, (s.height, s.width))
         except (ImageReadError, UnsafePathError) as error:
             inc_counter(NAMESPACE, "sites_failed")
             yield beam.pvalue.TaggedOutput("failed", failure("statistics", site.key, str(error)))
@@ -264,13 +265,6 @@ def _plates_without_statistics(plate: str, ready_plates: dict) -> Iterator[dict]
         yield failure("statistics", f"plate {plate}", "no readable image in this plate: no statistics")
 
 
-def _read_index_sites(index_path: str, channels: tuple[str, ...], plates: frozenset[str]) -> Iterator[Site]:
-    # Read on a worker, so an index of millions of sites never travels in the job graph.
-    for site in sites_from_index(read_index(index_path), channels, index_path):
-        if site.plate in plates:
-            yield site
-
-
 # ------------------------------------------------------------------ transform
 @dataclass
 class PreparePlates(beam.PTransform):
@@ -295,7 +289,8 @@ class PreparePlates(beam.PTransform):
         sites = (
             pbegin
             | "IndexFile" >> beam.Create([self.index_path])
-            | "ReadIndex" >> beam.FlatMap(_read_index_sites, s.channels, self.plates)
+            | "ReadIndex" >> beam.FlatMap(read_sites, s.channels)
+            | "PlatesToProcess" >> beam.Filter(lambda site, plates: site.plate in plates, self.plates)
             | "SpreadSites" >> beam.Reshuffle()
         )
         contributions = (

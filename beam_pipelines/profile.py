@@ -39,8 +39,8 @@ from dpcore.images import ImageReadError
 from dpcore.layout import ProjectLayout, UnsafePathError
 from dpcore.locations import LocationsError, LocationsMissing
 from dpcore.locking import output_lock
-from dpcore.metadata import Site, load_sites, read_index, sites_from_index
-from dpcore.profiling import PRETRAINED_FILES, FeatureModelSpec, classes_in_checkpoint, feature_frame
+from dpcore.metadata import Site, load_sites, read_sites
+from dpcore.profiling import FeatureModelSpec, classes_in_checkpoint, feature_frame, pretrained_weights_file
 from dpcore.single_cells import CellSource
 from dpcore.storage import StoragePath, as_storage_path
 
@@ -188,12 +188,6 @@ def committed_sites(layout: ProjectLayout) -> set[str]:
     return done
 
 
-def _read_index_sites(index_path: str, channels: tuple[str, ...], skip: frozenset[str]) -> Iterator[Site]:
-    for site in sites_from_index(read_index(index_path), channels, index_path):
-        if site.key not in skip:
-            yield site
-
-
 @dataclass
 class ProfileSites(beam.PTransform):
     source: CellSource
@@ -213,7 +207,8 @@ class ProfileSites(beam.PTransform):
         cut = (
             pbegin
             | "IndexFile" >> beam.Create([self.index_path])
-            | "ReadIndex" >> beam.FlatMap(_read_index_sites, self.source.channels, self.skip)
+            | "ReadIndex" >> beam.FlatMap(read_sites, self.source.channels)
+            | "SitesToDo" >> beam.Filter(lambda site, skip: site.key not in skip, self.skip)
             | "SpreadSites" >> beam.Reshuffle()
             | "CutCells" >> beam.ParDo(CutCells(self.source)).with_outputs("failed", "sites", main="crops")
         )
@@ -251,8 +246,8 @@ def build_spec(layout: ProjectLayout, config: Config, pretrained: str | None) ->
         if size is None:
             raise ConfigError(config.source, [
                 "profile.use_pretrained_input_size is required by repeat_channel_crop_generator (224 or 299)"])
-        weights = as_storage_path(pretrained) if pretrained else layout.pretrained_dir / PRETRAINED_FILES.get(
-            (model.name, model.params.conv_blocks if model.name != "inception_resnet_v2" else 0), "missing.h5")
+        weights = as_storage_path(pretrained) if pretrained else pretrained_weights_file(
+            layout.pretrained_dir, model.name, model.params.conv_blocks)
         if not weights.exists():
             raise UsageError(
                 f"ImageNet weights for {model.name} are needed and cannot be downloaded here: put the Keras "

@@ -15,7 +15,7 @@ import logging
 from dpcore.checkpoints import CheckpointError
 from dpcore.config import Config
 from dpcore.locking import output_lock
-from dpcore.profiling import PRETRAINED_FILES
+from dpcore.profiling import pretrained_weights_file
 from dpcore.training import TrainingError, TrainingPlan, checkpoint_name
 from dpcore.training_data import ExportInfo, TrainingDataError
 
@@ -74,8 +74,8 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
         keras.utils.set_random_seed(args.seed)
         tf.config.experimental.enable_op_determinism()
     model = config.train.model
-    pretrained = args.pretrained_weights or (layout.pretrained_dir / PRETRAINED_FILES.get(
-        (model.name, model.params.conv_blocks if model.name != "inception_resnet_v2" else 0), "missing.h5")).url
+    pretrained = args.pretrained_weights or pretrained_weights_file(layout.pretrained_dir, model.name,
+                                                                     model.params.conv_blocks).url
     plan = TrainingPlan.from_config(config, info.num_classes,
                                     (info.box_size, info.box_size, info.channels), pretrained)
     sampling, validation = config.train.sampling, config.train.validation

@@ -135,6 +135,12 @@ def load_sites(path: "StoragePath | str", config: Config, command: str) -> list[
     return sites_from_index(frame, config.channels, str(path))
 
 
+def read_sites(path: "StoragePath | str", channels: Sequence[str]) -> list[Site]:
+    """The index's sites, read where it is called: pipelines call it on a worker, so an index
+    of millions of sites never travels in the job graph."""
+    return sites_from_index(read_index(path), channels, str(path))
+
+
 def summarise(sites: Sequence[Site]) -> dict[str, int]:
     return {
         "plates": len({s.plate for s in sites}),

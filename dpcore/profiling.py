@@ -80,6 +80,12 @@ class FeatureModelSpec:
         return self.model_name
 
 
+def pretrained_weights_file(pretrained_dir: StoragePath, model_name: str, conv_blocks: int) -> StoragePath:
+    """Where the Keras ImageNet "notop" weights of a model are expected (nothing is downloaded)."""
+    blocks = 0 if model_name in ("inception_resnet_v2", "cnn") else conv_blocks
+    return pretrained_dir / PRETRAINED_FILES.get((model_name, blocks), f"{model_name}_imagenet_notop.h5")
+
+
 def classes_in_checkpoint(path: StoragePath, classifier: str = "ClassProb") -> int | None:
     """The number of classes of a checkpoint's classifier layer, if it has one."""
     weights = read_layer_weights(path).get(classifier)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import pandas as pd
 
 from dpcore.layout import ProjectLayout
 from dpcore.metadata import PLATE, WELL, check_columns, read_index
@@ -39,8 +38,3 @@ def split_index(layout: ProjectLayout, parts: int) -> list[StoragePath]:
         logger.info("wrote %s (%d sites, %d wells)", target, len(rows), len(selected))
         written.append(target)
     return written
-
-
-def read_part(layout: ProjectLayout, part: int) -> pd.DataFrame:
-    """The rows of one part written by :func:`split_index`."""
-    return read_index(layout.split_index_file(part))
