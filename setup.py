@@ -32,6 +32,8 @@ EXTRAS_REQUIRE = {
         "pytest-timeout>=2.3",
         "hypothesis>=6.100",
         "gcp-storage-emulator>=2024.8",  # a local GCS server: tests run --root gs://... end to end
+        "kubernetes-validate>=1.30",  # deploy/ manifests checked against Kubernetes' own JSON schema
+        "jsonschema>=4.23",
     ],
 }
 

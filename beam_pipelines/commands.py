@@ -94,9 +94,17 @@ def _pipeline(module: str) -> Callable[[CommandContext, argparse.Namespace, Emit
     return run
 
 
+def _detach_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--detach", action="store_true",
+                        help="return as soon as the runner accepted the job (Dataflow, Flink, Spark, a job server); "
+                             "the pipeline commits its own outputs, so nothing waits on this command. The output "
+                             "lock is held only while submitting: do not start a second run on the same outputs")
+
+
 def _prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="recompute plates and images already committed by an earlier run")
+    _detach_argument(parser)
 
 
 def _export_arguments(parser: argparse.ArgumentParser) -> None:
@@ -106,6 +114,7 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gzip", action="store_true", help="GZIP-compress the TFRecord shards")
     parser.add_argument("--shard-mb", type=float, default=128.0,
                         help="target shard size in MB before compression (default: 128)")
+    _detach_argument(parser)
 
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -118,7 +127,8 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _profile_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--part", type=int, default=-1, help="profile only index-K.csv written by split")
+    parser.add_argument("--part", type=int, default=-1,
+                        help="profile only part K written by split (index-001.csv for --part 1)")
     parser.add_argument("--overwrite", action="store_true", help="redo sites already committed")
     parser.add_argument("--pretrained-weights", default=None,
                         help="Keras ImageNet 'notop' weights file for repeat_channel_crop_generator "
@@ -126,6 +136,7 @@ def _profile_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inference-accelerator", default=None,
                         help="Beam resource hint for the inference step only, e.g. on Dataflow "
                              "'type:nvidia-tesla-t4;count:1;install-nvidia-driver'")
+    _detach_argument(parser)
 
 
 COMMANDS: tuple[CommandSpec, ...] = (
@@ -147,8 +158,10 @@ COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec("export-sc", "crop every cell into TFRecord shards with a Parquet index (Beam pipeline)",
                 "Crop every cell (DeepProfiler's boxes, bilinear, min-max normalised) into TFRecord shards "
                 "under outputs/<single-cells>/ grouped by split (training, validation, other), with "
-                "sc-metadata.parquet/.csv, a montage.png of sample crops and manifest.json (written last). "
-                "A complete export is kept unless --overwrite; an incomplete one is replaced.",
+                "an index part per shard in sc-metadata/ (a Parquet dataset; sc-metadata.csv too for small "
+                "exports), a montage.png of sample crops and manifest.json (written last). A complete export is "
+                "kept unless --overwrite; an interrupted one is resumed (only shards not yet committed are "
+                "written), unless it was started with other settings.",
                 _export_arguments, _pipeline("export_sc"), uses_beam=True),
     CommandSpec("train", "train a classifier on the exported crops (tf.distribute)",
                 "Train the configured model (train.model) on the export-sc shards with tf.distribute: "
@@ -160,8 +173,8 @@ COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec("profile", "extract per-cell features to Parquet (Beam RunInference)",
                 "Cut every cell (as export-sc does), run the configured network over the crops with Beam "
                 "RunInference, batched by profile.batch_size across sites, and write one Parquet file per "
-                "site under outputs/<exp>/features/<plate>/ (Metadata_ columns + <model>_<i> features) and "
-                "a manifest. Sites already written are skipped unless --overwrite.",
+                "site under outputs/<exp>/features/<plate>/ (Metadata_ columns + <model>_<i> features), "
+                "_manifest.json and a run record in _runs/. Sites already written are skipped unless --overwrite.",
                 _profile_arguments, _pipeline("profile"), uses_beam=True),
     CommandSpec("split", "split the index into N parts (index-000.csv ...) for profile --part",
                 "Write index-000.csv ... beside the index; wells are never divided between parts.",

@@ -1,9 +1,13 @@
 """Dead letters: records that failed, with the reason, in one JSON-lines file.
 
-Failures are few next to the work, so they are gathered into one list and
-written as ``<folder>/<name>.jsonl``, sorted, replacing the file of the
-previous run (an empty run removes it): the file always describes the last
-run. A record is a plain dict with at least ``stage``, ``item`` and ``reason``.
+The file ``<folder>/<name>.jsonl`` is written by the pipeline itself
+(Beam's text sink: records stream to a temporary file on one worker, which
+is renamed into place when the pipeline finishes), so it exists even when
+nobody waits for the job, and no worker holds the failures of a whole
+screen. It replaces the file of the previous run and is empty when nothing
+failed: it always describes the last run. The same failure reported twice
+(a bad image fails statistics and compression) is written once. A record is
+a plain dict with at least ``stage``, ``item`` and ``reason``; readers sort.
 """
 
 from __future__ import annotations
@@ -33,15 +37,6 @@ def _dedupe_and_sort(records: list[dict]) -> list[dict]:
     return sorted(unique.values(), key=lambda r: (r.get("item", ""), r.get("stage", ""), r.get("reason", "")))
 
 
-def write_failures(records: list[dict], target: StoragePath) -> int:
-    records = _dedupe_and_sort(records)
-    if not records:
-        target.remove()
-        return 0
-    target.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-    return len(records)
-
-
 def report_failures(failures: list[dict], target: StoragePath, emit, shown: int = 20) -> int:
     """Print the failures of a run for a person; return the command's exit status (1 if any)."""
     if not failures:
@@ -55,22 +50,29 @@ def report_failures(failures: list[dict], target: StoragePath, emit, shown: int 
 
 
 def read_failures(target: StoragePath) -> list[dict]:
+    """The failures of the last run, de-duplicated and sorted (an empty list if none)."""
     if not target.exists():
         return []
-    return [json.loads(line) for line in target.read_text().splitlines() if line.strip()]
+    return _dedupe_and_sort([json.loads(line) for line in target.read_text().splitlines() if line.strip()])
+
+
+def _once_key(record: dict) -> tuple[tuple[str, str], str]:
+    return (str(record.get("item")), str(record.get("reason"))), json.dumps(record, sort_keys=True)
 
 
 @dataclass
 class WriteDeadLetters(beam.PTransform):
-    """Gather failure records from any number of PCollections into one file."""
+    """Stream failure records from any number of PCollections into one JSON-lines file."""
 
     target: StoragePath
 
     def expand(self, failures):
         return (
             failures
-            | "GatherFailures" >> beam.combiners.ToList()
-            | "WriteFailureFile" >> beam.Map(write_failures, self.target)
+            | "KeyByItemAndReason" >> beam.Map(_once_key)
+            | "OncePerItemAndReason" >> beam.CombinePerKey(min)
+            | "Lines" >> beam.Values()
+            | "WriteFailureFile" >> beam.io.WriteToText(self.target.url, shard_name_template="", num_shards=1)
         )
 
     def __post_init__(self):

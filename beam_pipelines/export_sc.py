@@ -2,17 +2,23 @@
 
 ::
 
-    ReadIndex -> KeyByShard ((split, shard), site) --+
-    ShardKeys ((split, shard), None) ----------------+-> GroupByKey -> WriteShard --(failed)--> dead letters
-                                                                          | shard summary
-                                                                     GatherSummaries -> WriteIndexAndManifest
-                                                                     (sc-metadata.parquet/.csv, montage.png,
-                                                                      manifest.json written last)
+    ReadSites -> KeyByShard ((split, shard), site) --------+
+    ShardCounts -> ShardKeys ((split, shard), None) -------+-> GroupByShard -> WriteShards --(failed)--> dead letters
+                                                                                 | ShardRecord (the shard's commit)
+                                                            CombineGlobally(ExportTotals) -> WriteExportCommit
+                                                            (montage.png, sc-metadata.csv if small,
+                                                             manifest.json written last)
 
 Sites, not crops, are shuffled: each shard is written by one worker that reads
 its sites in a fixed order, so shard contents are deterministic and crops never
-cross the network. With ``--format png`` each cell becomes DeepProfiler's PNG
-(channels side by side) instead. The crop arithmetic is ``dpcore.crops``.
+cross the network. A shard commits itself (its file, its index part, then its
+record in ``_shards/``); a re-run of an interrupted export writes only the
+shards without a record. The export commits itself too: the last step builds
+the manifest from the per-shard records (counts, never cell rows), so nothing
+waits on the launcher and no worker holds more than one shard. With
+``--format png`` each cell becomes DeepProfiler's PNG (channels side by side)
+instead, grouped the same way. File names and the manifest are
+``dpcore.sc_export``; the crop arithmetic is ``dpcore.crops``.
 """
 
 from __future__ import annotations
@@ -23,51 +29,47 @@ import json
 import logging
 import math
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator
 
 import apache_beam as beam
 import numpy as np
 import pandas as pd
-from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image, ImageDraw
 
-from dpcore import sc_records
+from dpcore import sc_export, sc_records
 from dpcore.config import Config
 from dpcore.crops import full_image_centres, quantise
-from dpcore.images import ImageReadError, encode_png
+from dpcore.images import ImageReadError, decode_image, encode_png
 from dpcore.layout import ProjectLayout, UnsafePathError
 from dpcore.locations import LocationsError, LocationsMissing, read_locations
 from dpcore.locking import output_lock
-from dpcore.metadata import Site, load_sites, read_sites
+from dpcore.metadata import Site, scan_index
+from dpcore.sc_export import ExportPlan, ExportTotals, ShardRecord
 from dpcore.single_cells import CellSource, stable_fraction
 from dpcore.storage import StoragePath
 
 from beam_pipelines.context import CommandContext
 from beam_pipelines.dead_letter import WriteDeadLetters, failure, read_failures, report_failures
-from beam_pipelines.progress import counter_values, inc_counter
+from beam_pipelines.index import ReadSites
+from beam_pipelines.progress import inc_counter
+from beam_pipelines.running import PipelineRun, run_pipeline
 
 logger = logging.getLogger(__name__)
 
 NAMESPACE = "dpbeam.export_sc"
-MANIFEST_NAME = "manifest.json"
 DEFAULT_SHARD_MB = 128
-MONTAGE_PER_LABEL = 8
 _RECORD_OVERHEAD_BYTES = 200  # keys and proto framing beside the pixels
 
 
 @dataclass(frozen=True)
 class ExportSettings:
+    """The plan plus what the workers need to carry it out; small and picklable."""
+
     source: CellSource
-    label_field: str
-    split_field: str
+    plan: ExportPlan
     training: tuple[str, ...]
     validation: tuple[str, ...]
-    labels: tuple[str, ...]                  # sorted: a label's index is its position
-    shards: dict = field(default_factory=dict)  # split -> number of shards
-    compression: str = ""                    # "" or "GZIP"
-    fmt: str = "tfrecord"
-    fingerprint: str = ""
 
     @property
     def layout(self) -> ProjectLayout:
@@ -77,8 +79,16 @@ class ExportSettings:
     def out(self) -> StoragePath:
         return self.layout.single_cells_dir
 
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.plan.labels
+
+    @property
+    def montage_labels(self) -> tuple[str, ...]:
+        return self.plan.labels[: sc_export.MONTAGE_LABELS]
+
     def split_of(self, site: Site) -> str:
-        value = site.value(self.split_field)
+        value = site.value(self.plan.split_field)
         if value in self.training:
             return "training"
         if value in self.validation:
@@ -87,14 +97,20 @@ class ExportSettings:
 
     def shard_of(self, site: Site) -> tuple[str, int]:
         split = self.split_of(site)
-        return split, zlib.crc32(site.key.encode("utf-8")) % self.shards[split]
+        return split, zlib.crc32(site.key.encode("utf-8")) % int(self.plan.shards[split])
 
     def shard_file(self, split: str, index: int) -> StoragePath:
-        return self.out / sc_records.shard_name(split, index, self.shards[split], self.compression)
+        return self.out / sc_export.shard_file_name(split, index, int(self.plan.shards[split]), self.plan.compression)
+
+    def index_part(self, split: str, index: int) -> StoragePath:
+        return self.out / sc_export.INDEX_DIR / sc_export.index_part_name(split, index)
+
+    def shard_record(self, split: str, index: int) -> StoragePath:
+        return self.out / sc_export.SHARD_RECORDS_DIR / sc_export.shard_record_name(split, index)
 
     @property
     def failures_file(self) -> StoragePath:
-        return self.out / "_failed" / "export-failures.jsonl"
+        return self.out / sc_export.FAILURES_FILE
 
 
 # ------------------------------------------------------------------ per site
@@ -114,11 +130,12 @@ class CellCutter:
         self.failures: list[dict] = []
         self.missing_locations: list[str] = []
         self.skipped = {"outside": 0, "nan": 0}
-        self.samples: list[tuple[float, str, np.ndarray]] = []
+        self.sites = 0
 
     def cells(self, site: Site) -> Iterator[tuple[dict, np.ndarray]]:
         """(index row, uint8 crop) for every usable cell of ``site``."""
         s = self.settings
+        self.sites += 1
         try:
             centres = s.source.centres(site)
         except LocationsMissing:
@@ -138,7 +155,7 @@ class CellCutter:
         inc_counter(NAMESPACE, "cells_skipped_nan", cut.batch.invalid)
         self.skipped["outside"] += cut.batch.outside
         self.skipped["nan"] += cut.batch.invalid
-        label_name = site.value(s.label_field)
+        label_name = site.value(s.plan.label_field)
         split = s.split_of(site)
         crops = quantise(cut.batch.crops)
         metadata = site.as_dict()
@@ -148,90 +165,128 @@ class CellCutter:
             row.update({"Nuclei_Location_Center_X": x, "Nuclei_Location_Center_Y": y,
                         "Cell_Index": int(cell_index), "Label": s.labels.index(label_name),
                         "Split_Set": split})
-            self._sample(f"{site.key}/{cell_index}", label_name, crop)
             yield row, crop
 
     def _fail(self, stage: str, site: Site, error: Exception) -> None:
         inc_counter(NAMESPACE, "sites_failed")
         self.failures.append(failure(stage, site.key, str(error)))
 
-    def _sample(self, key: str, label: str, crop: np.ndarray) -> None:
-        # Keep the cells with the smallest stable hash per label: the same sample on every run.
-        self.samples.append((stable_fraction(key), label, crop))
-        if len(self.samples) > 4 * MONTAGE_PER_LABEL * max(1, len(self.settings.labels)):
-            self.samples = _smallest_per_label(self.samples)
-
-
-def _smallest_per_label(samples: list) -> list:
-    kept: dict[str, list] = {}
-    for sample in sorted(samples, key=lambda s: s[0]):
-        bucket = kept.setdefault(sample[1], [])
-        if len(bucket) < MONTAGE_PER_LABEL:
-            bucket.append(sample)
-    return [s for bucket in kept.values() for s in bucket]
-
 
 class WriteShard(beam.DoFn):
-    """Cut a shard's sites in order and write them as one TFRecord file."""
+    """Cut a shard's sites in order, write the shard, its index part, and last its commit record.
+
+    A shard whose record exists was committed by an earlier run: its record is
+    passed on and nothing is recomputed.
+    """
 
     def __init__(self, settings: ExportSettings):
         self.settings = settings
 
     def process(self, element) -> Iterator:
         (split, index), members = element
-        s = self.settings
-        sites = sorted((m for m in members if m is not None), key=_site_key)
-        cutter = CellCutter(s)
-        target = s.shard_file(split, index)
-        rows: list[dict] = []
+        record = self._committed(split, index)
+        if record is not None:
+            inc_counter(NAMESPACE, "shards_already_committed")
+        else:
+            sites = sorted((m for m in members if m is not None), key=_site_key)
+            record = self._write(split, index, sites)
+        for failed in record.failures:
+            yield beam.pvalue.TaggedOutput("failed", failed)
+        yield record
 
-        def records() -> Iterator[bytes]:
+    def _committed(self, split: str, index: int) -> ShardRecord | None:
+        """The record of a shard an earlier run committed, if its file is still whole."""
+        s = self.settings
+        record_file = s.shard_record(split, index)
+        if not record_file.exists():
+            return None
+        record = ShardRecord.from_json(record_file.read_text())
+        if record.shard is not None:
+            target = s.shard_file(split, index)
+            if not target.exists() or target.size() != record.shard_bytes:
+                logger.warning("shard %s changed after it was committed; writing it again", target)
+                return None
+        return record
+
+    def _write(self, split: str, index: int, sites: list[Site]) -> ShardRecord:
+        s = self.settings
+        cutter = CellCutter(s)
+        rows: list[dict] = []
+        samples: list[tuple] = []
+        if s.plan.format == "tfrecord":
+            target = s.shard_file(split, index)
+            offsets: list[int] = []
+
+            def records() -> Iterator[bytes]:
+                for site in sites:
+                    for row, crop in cutter.cells(site):
+                        row.update({"Shard": target.name, "Record": len(rows)})
+                        rows.append(row)
+                        yield sc_records.encode(sc_records.CellRecord(
+                            image=crop, label=row["Label"], label_name=site.value(s.plan.label_field),
+                            split=split, split_value=site.value(s.plan.split_field), plate=site.plate,
+                            well=site.well, site=site.site, cell_index=row["Cell_Index"],
+                            center_x=row["Nuclei_Location_Center_X"], center_y=row["Nuclei_Location_Center_Y"]))
+
+            written = sc_records.write_shard(target, records(), s.plan.compression,
+                                             on_record=lambda offset, _: offsets.append(offset))
+            shard_name, shard_bytes = target.name, target.size()
+            for row in rows:
+                samples.append((stable_fraction(f"{row['Metadata_Plate']}/{row['Metadata_Well']}-"
+                                                f"{row['Metadata_Site']}/{row['Cell_Index']}"),
+                                s.labels[row["Label"]], [row["Record"], offsets[row["Record"]]]))
+        else:
             for site in sites:
                 for row, crop in cutter.cells(site):
-                    row.update({"Shard": target.name, "Record": len(rows)})
+                    name = f"{site.plate}/{site.well}-{site.site}-{row['Cell_Index']:05d}.png"
+                    unfolded = np.concatenate([crop[:, :, c] for c in range(crop.shape[-1])], axis=1)
+                    s.out.joinpath(*name.split("/")).write_bytes(encode_png(unfolded))
+                    row["Image_Name"] = name
                     rows.append(row)
-                    yield sc_records.encode(sc_records.CellRecord(
-                        image=crop, label=row["Label"], label_name=site.value(s.label_field), split=split,
-                        split_value=site.value(s.split_field), plate=site.plate, well=site.well, site=site.site,
-                        cell_index=row["Cell_Index"], center_x=row["Nuclei_Location_Center_X"],
-                        center_y=row["Nuclei_Location_Center_Y"]))
-
-        written = sc_records.write_shard(target, records(), s.compression)
+                    samples.append((stable_fraction(f"{site.key}/{row['Cell_Index']}"),
+                                    s.labels[row["Label"]], name))
+            written, shard_name, shard_bytes = len(rows), None, 0
+        if rows:
+            buffer = io.BytesIO()
+            pd.DataFrame(rows).to_parquet(buffer, index=False)
+            s.index_part(split, index).write_bytes(buffer.getvalue())
+        per_label: dict[str, int] = {}
+        for row in rows:
+            per_label[s.labels[row["Label"]]] = per_label.get(s.labels[row["Label"]], 0) + 1
+        record = ShardRecord(
+            split=split, index=index, shard=shard_name, shard_bytes=shard_bytes, sites=cutter.sites, cells=written,
+            cells_per_label=per_label, skipped=dict(cutter.skipped),
+            sites_without_locations=sorted(cutter.missing_locations), failures=cutter.failures,
+            samples=sc_export.smallest_per_label(samples, labels=s.montage_labels))
+        s.shard_record(split, index).write_text(record.to_json())  # the shard is committed here
         inc_counter(NAMESPACE, "cells_exported", written)
         inc_counter(NAMESPACE, "shards_written")
-        for record in cutter.failures:
-            yield beam.pvalue.TaggedOutput("failed", record)
-        yield _summary(split, target.name, rows, cutter)
-
-
-class WriteSitePngs(beam.DoFn):
-    """DeepProfiler's export layout: one PNG per cell, channels side by side."""
-
-    def __init__(self, settings: ExportSettings):
-        self.settings = settings
-
-    def process(self, site: Site) -> Iterator:
-        s = self.settings
-        cutter = CellCutter(s)
-        rows = []
-        for row, crop in cutter.cells(site):
-            name = f"{site.plate}/{site.well}-{site.site}-{row['Cell_Index']:05d}.png"
-            unfolded = np.concatenate([crop[:, :, c] for c in range(crop.shape[-1])], axis=1)
-            s.out.joinpath(*name.split("/")).write_bytes(encode_png(unfolded))
-            row["Image_Name"] = name
-            rows.append(row)
-        inc_counter(NAMESPACE, "cells_exported", len(rows))
-        for record in cutter.failures:
-            yield beam.pvalue.TaggedOutput("failed", record)
-        yield _summary(s.split_of(site), None, rows, cutter)
-
-
-def _summary(split: str, shard: str | None, rows: list[dict], cutter: CellCutter) -> dict:
-    return {"split": split, "shard": shard, "rows": rows, "skipped": dict(cutter.skipped),
-            "missing_locations": list(cutter.missing_locations), "samples": _smallest_per_label(cutter.samples)}
+        return record
 
 
 # --------------------------------------------------------------- publishing
+class ExportTotalsFn(beam.CombineFn):
+    """Shard records -> export totals; bounded (counts and a few samples), order-independent."""
+
+    def __init__(self, montage_labels: tuple[str, ...]):
+        self.montage_labels = montage_labels
+
+    def create_accumulator(self) -> ExportTotals:
+        return ExportTotals()
+
+    def add_input(self, totals: ExportTotals, record: ShardRecord) -> ExportTotals:
+        return totals.add(record, self.montage_labels)
+
+    def merge_accumulators(self, accumulators) -> ExportTotals:
+        merged = ExportTotals()
+        for totals in accumulators:
+            merged.merge(totals, self.montage_labels)
+        return merged
+
+    def extract_output(self, totals: ExportTotals) -> ExportTotals:
+        return totals
+
+
 def montage(samples: list, channels: tuple[str, ...], labels: tuple[str, ...]) -> bytes:
     """One row per sampled crop, one column per channel, grouped by label, with captions."""
     if not samples:
@@ -251,49 +306,61 @@ def montage(samples: list, channels: tuple[str, ...], labels: tuple[str, ...]) -
     return buffer.getvalue()
 
 
-class WriteIndexAndManifest(beam.DoFn):
-    """Publish the cell index, the montage, and last the manifest (the export's commit)."""
+class WriteExportCommit(beam.DoFn):
+    """Publish the montage, DeepProfiler's CSV index (small exports), and last the manifest."""
 
     def __init__(self, settings: ExportSettings):
         self.settings = settings
 
-    def process(self, summaries: list[dict]) -> Iterator[str]:
+    def process(self, totals: ExportTotals) -> Iterator[str]:
         s = self.settings
-        rows = [row for summary in summaries for row in summary["rows"]]
-        order = ["Shard", "Record"] if s.fmt == "tfrecord" else ["Image_Name"]
-        frame = pd.DataFrame(rows)
-        if len(frame):
-            frame = frame.sort_values(order, kind="stable").reset_index(drop=True)
-        parquet = io.BytesIO()
-        frame.to_parquet(parquet, index=False)
-        (s.out / "sc-metadata.parquet").write_bytes(parquet.getvalue())
-        (s.out / "sc-metadata.csv").write_text(frame.to_csv(index=False, lineterminator="\n"))
-        samples = _smallest_per_label([x for summary in summaries for x in summary["samples"]])
-        picture = montage(samples, s.source.channels, s.labels)
+        cells = sum(totals.counts.values())
+        picture = montage(self._sample_crops(totals.samples), s.source.channels, s.labels)
         if picture:
-            (s.out / "montage.png").write_bytes(picture)
-        manifest = {
-            "format": s.fmt,
-            "feature_spec_version": sc_records.FEATURE_SPEC_VERSION,
-            "config_fingerprint": s.fingerprint,
-            "box_size": s.source.box_size,
-            "channels": list(s.source.channels),
-            "compression": s.compression,
-            "label_field": s.label_field,
-            "labels": list(s.labels),
-            "split_field": s.split_field,
-            "counts": {split: int((frame["Split_Set"] == split).sum()) if len(frame) else 0
-                       for split in sc_records.SPLITS},
-            "counts_per_label": {label: int((frame["Label"] == i).sum()) if len(frame) else 0
-                                 for i, label in enumerate(s.labels)},
-            "skipped": {k: sum(summary["skipped"][k] for summary in summaries) for k in ("outside", "nan")},
-            "sites_without_locations": sorted(k for summary in summaries for k in summary["missing_locations"]),
-            "shards": {split: sorted(summary["shard"] for summary in summaries
-                                     if summary["shard"] and summary["split"] == split)
-                       for split in sc_records.SPLITS},
-        }
-        (s.out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        yield str(s.out / MANIFEST_NAME)
+            (s.out / sc_export.MONTAGE_NAME).write_bytes(picture)
+        write_csv = cells <= sc_export.CSV_MAX_CELLS
+        if write_csv:
+            self._write_csv()
+        else:
+            logger.info("%d cells: no %s (above %d cells); read %s", cells, sc_export.INDEX_CSV,
+                        sc_export.CSV_MAX_CELLS, s.out / sc_export.INDEX_DIR)
+        manifest = sc_export.manifest_from(s.plan, totals, index_csv=write_csv)
+        (s.out / sc_export.MANIFEST_NAME).write_text(_json(manifest))  # the export is committed here
+        inc_counter(NAMESPACE, "exports_committed")
+        yield str(s.out / sc_export.MANIFEST_NAME)
+
+    def _sample_crops(self, samples: list) -> list[tuple[float, str, np.ndarray]]:
+        s = self.settings
+        box, channels = s.source.box_size, len(s.source.channels)
+        crops = []
+        for fraction, label, split, index, where in samples:
+            if s.plan.format == "tfrecord":
+                data = sc_records.read_record_at(s.shard_file(split, index), int(where[1]), s.plan.compression)
+                crop = sc_records.decode_image(data, box, channels)
+            else:
+                unfolded = decode_image(s.out.joinpath(*where.split("/")).read_bytes(), where)
+                crop = np.stack(np.split(unfolded, channels, axis=1), axis=-1)
+            crops.append((fraction, label, crop))
+        return crops
+
+    def _write_csv(self) -> None:
+        """Concatenate the index parts into one CSV, one part in memory at a time."""
+        s = self.settings
+        parts = sorted((s.out / sc_export.INDEX_DIR).glob("part-*.parquet"), key=lambda p: p.name)
+        with (s.out / sc_export.INDEX_CSV).atomic_writer("w") as handle:
+            header = True
+            for part in parts:
+                frame = pd.read_parquet(io.BytesIO(part.read_bytes()))
+                handle.write(frame.to_csv(index=False, header=header, lineterminator="\n"))
+                header = False
+
+
+def _json(value) -> str:
+    return json.dumps(value, indent=2, sort_keys=True)
+
+
+def _shard_keys(shards: dict) -> list[tuple[tuple[str, int], None]]:
+    return [((split, i), None) for split, n in sorted(shards.items()) for i in range(int(n))]
 
 
 @dataclass
@@ -306,43 +373,40 @@ class ExportSingleCells(beam.PTransform):
 
     def expand(self, pbegin):
         s = self.settings
-        sites = (
+        read = pbegin | "ReadSites" >> ReadSites(self.index_path, s.source.channels)
+        keyed = read["sites"] | "KeyByShard" >> beam.Map(lambda site: (s.shard_of(site), site))
+        # Every shard is written, even one no site falls into; the keys are made on a worker,
+        # so a screen's million shards never enter the job graph.
+        every_shard = (
             pbegin
-            | "IndexFile" >> beam.Create([self.index_path])
-            | "ReadIndex" >> beam.FlatMap(read_sites, s.source.channels)
+            | "ShardCounts" >> beam.Create([dict(s.plan.shards)])
+            | "ShardKeys" >> beam.FlatMap(_shard_keys)
         )
-        if s.fmt == "png":
-            written = sites | "SpreadSites" >> beam.Reshuffle() | "WriteSitePngs" >> beam.ParDo(
-                WriteSitePngs(s)).with_outputs("failed", main="summaries")
-        else:
-            keyed = sites | "KeyByShard" >> beam.Map(lambda site: (s.shard_of(site), site))
-            every_shard = pbegin | "ShardKeys" >> beam.Create(
-                [((split, i), None) for split, n in sorted(s.shards.items()) for i in range(n)])
-            written = (
-                (keyed, every_shard)
-                | "AllShardMembers" >> beam.Flatten()
-                | "GroupByShard" >> beam.GroupByKey()
-                | "WriteShards" >> beam.ParDo(WriteShard(s)).with_outputs("failed", main="summaries")
-            )
-        manifest = (
-            written.summaries
-            | "GatherSummaries" >> beam.combiners.ToList()
-            | "WriteIndexAndManifest" >> beam.ParDo(WriteIndexAndManifest(s))
+        written = (
+            (keyed, every_shard)
+            | "AllShardMembers" >> beam.Flatten()
+            | "GroupByShard" >> beam.GroupByKey()
+            | "WriteShards" >> beam.ParDo(WriteShard(s)).with_outputs("failed", main="records")
         )
-        written.failed | "DeadLetters" >> WriteDeadLetters(s.failures_file)
-        return manifest
+        committed = (
+            written.records
+            | "AddUpShards" >> beam.CombineGlobally(ExportTotalsFn(s.montage_labels))
+            | "WriteExportCommit" >> beam.ParDo(WriteExportCommit(s))
+        )
+        (read["failed"], written.failed) | "AllFailures" >> beam.Flatten() | "DeadLetters" >> WriteDeadLetters(
+            s.failures_file)
+        return committed
 
 
 # ------------------------------------------------------------------ planning
-def estimate_shards(source: CellSource, sites: list[Site], splits: dict[str, int], target_mb: float) -> dict:
+def estimate_shards(source: CellSource, sample: list[Site], sites_per_split: dict[str, int],
+                    target_mb: float) -> dict:
     """Shards per split from a deterministic sample of locations files (no full scan)."""
     if source.mode == "full_image":
         cells_per_site = len(full_image_centres(source.height, source.width, source.view_size))
     else:
-        ordered = sorted(sites, key=_site_key)
-        step = max(1, len(ordered) // 64)
         counts = []
-        for site in ordered[::step][:64]:
+        for site in sample:
             try:
                 counts.append(len(read_locations(source.layout.locations_file(site.plate, site.well, site.site))))
             except (LocationsError, UnsafePathError):
@@ -351,65 +415,88 @@ def estimate_shards(source: CellSource, sites: list[Site], splits: dict[str, int
     bytes_per_cell = source.box_size ** 2 * len(source.channels) + _RECORD_OVERHEAD_BYTES
     target = target_mb * 2**20
     return {split: max(1, math.ceil(n * cells_per_site * bytes_per_cell / target))
-            for split, n in splits.items() if n}
+            for split, n in sites_per_split.items() if n}
 
 
-def plan(layout: ProjectLayout, config: Config, sites: list[Site], fmt: str, compression: str,
+def plan(layout: ProjectLayout, config: Config, index: StoragePath, fmt: str, compression: str,
          shard_mb: float) -> ExportSettings:
-    source = CellSource.from_config(layout, config)
+    """Plan the export from one streaming pass over the index (memory independent of its length)."""
     partition = config.train.partition
-    labels = tuple(sorted({site.value(partition.label_field) for site in sites}))
-    settings = ExportSettings(
-        source=source, label_field=partition.label_field, split_field=partition.split_field,
-        training=partition.training or (), validation=partition.validation or (), labels=labels,
-        compression=compression, fmt=fmt, fingerprint=config.fingerprint)
+    scan = scan_index(index, config, "export-sc", count_columns=(partition.label_field, partition.split_field))
+    source = CellSource.from_config(layout, config)
+    training, validation = tuple(partition.training or ()), tuple(partition.validation or ())
     per_split = {split: 0 for split in sc_records.SPLITS}
-    for site in sites:
-        per_split[settings.split_of(site)] += 1
-    shards = estimate_shards(source, sites, per_split, shard_mb)
-    return ExportSettings(**{**settings.__dict__, "shards": shards})
+    for value, n in scan.values[partition.split_field].items():
+        per_split["training" if value in training else "validation" if value in validation else "other"] += n
+    export_plan = ExportPlan(
+        format=fmt, compression=compression, config_fingerprint=config.fingerprint,
+        labels=tuple(sorted(scan.values[partition.label_field])),
+        shards=estimate_shards(source, scan.sampled_sites(), per_split, shard_mb),
+        box_size=source.box_size, channels=tuple(source.channels), label_field=partition.label_field,
+        split_field=partition.split_field)
+    return ExportSettings(source=source, plan=export_plan, training=training, validation=validation)
 
 
-def run(settings: ExportSettings, beam_args=(), test_pipeline: beam.Pipeline | None = None) -> dict:
-    pipeline = test_pipeline or beam.Pipeline(options=PipelineOptions(list(beam_args)))
+def build(pipeline: beam.Pipeline, settings: ExportSettings) -> None:
     _ = pipeline | "ExportSingleCells" >> ExportSingleCells(settings, str(settings.layout.index_file))
-    result = pipeline.run()
-    result.wait_until_finish()
-    return counter_values(result, NAMESPACE)
 
 
 def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     config = context.load_config("export-sc")
     context = context.with_config_paths(config)
-    sites = load_sites(context.layout.index_file, config, "export-sc")
-    compression = "GZIP" if args.gzip else ""
-    settings = plan(context.layout, config, sites, args.format, compression, args.shard_mb)
+    settings = plan(context.layout, config, context.layout.index_file, args.format, "GZIP" if args.gzip else "",
+                    args.shard_mb)
     with output_lock(settings.out, "export-sc"):
-        return _export(settings, context, sites, args, emit)
+        return _export(settings, context, args, emit)
 
 
-def _export(settings: ExportSettings, context: CommandContext, sites: list[Site], args, emit) -> int:
+def _export(settings: ExportSettings, context: CommandContext, args, emit) -> int:
     out = settings.out
-    manifest = out / MANIFEST_NAME
+    manifest = out / sc_export.MANIFEST_NAME
+    earlier = sc_export.read_plan(out)
     if manifest.exists() and not args.overwrite:
-        emit(f"export-sc: a complete export is already at {out} ({manifest}); kept. "
+        note = "" if earlier == settings.plan else " It was made with other settings than the current ones."
+        emit(f"export-sc: a complete export is already at {out} ({manifest}); kept.{note} "
              f"Use --overwrite to replace it.")
         return 0
-    if out.exists() and out.iterdir():  # an empty folder (made by setup) is no export at all
-        emit(f"export-sc: removing {'the earlier' if manifest.exists() else 'an incomplete'} export at {out}")
-        out.remove(recursive=True)
-    emit(f"export-sc: {len(sites)} site(s), {len(settings.labels)} label(s), format {settings.fmt}, "
-         f"shards {settings.shards if settings.fmt == 'tfrecord' else '-'} -> {out}")
-    counters = run(settings, context.beam_args)
-    written = json.loads(manifest.read_text())
-    failures = read_failures(settings.failures_file)
+    if args.overwrite or earlier != settings.plan:
+        if out.exists() and out.iterdir():  # an empty folder (made by setup) is no export at all
+            why = ("--overwrite" if args.overwrite else
+                   "it was started with other settings" if earlier else "it has no plan")
+            emit(f"export-sc: removing the {'earlier' if manifest.exists() else 'incomplete'} export at {out} ({why})")
+            out.remove(recursive=True)
+        (out / sc_export.PLAN_NAME).write_text(settings.plan.to_json())
+        resumed = 0
+    else:
+        resumed = len(sc_export.committed_shards(out))
+    total_shards = sum(int(n) for n in settings.plan.shards.values())
+    emit(f"export-sc: {len(settings.labels)} label(s), format {settings.plan.format}, shards "
+         f"{settings.plan.shards} -> {out}"
+         + (f"; resuming: {resumed} of {total_shards} shard(s) committed by an earlier run" if resumed else ""))
+    run = run_pipeline(lambda pipeline: build(pipeline, settings), context.beam_args, NAMESPACE,
+                       detach=getattr(args, "detach", False), commit=manifest)
+    if run.detached:
+        emit(run.detached_message)
+        return 0
+    return _summary(settings, run, emit)
+
+
+def _summary(settings: ExportSettings, run: PipelineRun, emit) -> int:
+    out = settings.out
+    written = sc_export.read_manifest(out)
+    counters = run.counters
     emit(f"cells exported: {sum(written['counts'].values())} "
          f"(training {written['counts']['training']}, validation {written['counts']['validation']}, "
          f"other {written['counts']['other']}); per label: {written['counts_per_label']}")
-    emit(f"sites read: {counters.get('sites_read', '?')}; cells skipped: {written['skipped']['outside']} "
+    emit(f"shards written this run: {counters.get('shards_written', 0)}; committed earlier and kept: "
+         f"{counters.get('shards_already_committed', 0)}")
+    emit(f"sites read: {counters.get('sites_read', 0)}; cells skipped: {written['skipped']['outside']} "
          f"outside the image, {written['skipped']['nan']} with NaN")
-    if written["sites_without_locations"]:
-        emit(f"{len(written['sites_without_locations'])} site(s) have no locations file (no cells): "
+    if written["sites_without_locations_count"]:
+        emit(f"{written['sites_without_locations_count']} site(s) have no locations file (no cells): "
              + ", ".join(written["sites_without_locations"][:10]))
-    emit(f"index: {out / 'sc-metadata.parquet'}; montage: {out / 'montage.png'}; manifest: {manifest}")
-    return report_failures(failures, settings.failures_file, emit)
+    csv = f" and {out / written['index_csv']}" if written.get("index_csv") else ""
+    emit(f"index: {out / sc_export.INDEX_DIR}/ (Parquet dataset){csv}; montage: {out / sc_export.MONTAGE_NAME}; "
+         f"manifest: {out / sc_export.MANIFEST_NAME}")
+    return report_failures(read_failures(settings.failures_file), settings.failures_file, emit)
+

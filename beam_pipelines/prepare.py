@@ -2,7 +2,7 @@
 
 ::
 
-    ReadIndex -> Reshuffle -> ReadSiteContributions --(failed)------------------> dead letters
+    ReadSites -> ReadSiteContributions --(failed)------------------------------> dead letters
                                   | (plate, accumulator)
                              CombinePerKey(PlateIlluminationCombineFn)
                                   |
@@ -15,8 +15,9 @@
 
 The arithmetic lives in ``dpcore.illumination`` and ``dpcore.compression``.
 Commits: a plate's statistics when its ``.npz`` is renamed into place, an image
-when its PNG is, a plate when ``prepare.json`` is written last. A re-run skips
-committed plates and images unless ``--overwrite``.
+when its PNG is, a plate when ``prepare.json`` is written last: every commit is
+a step of the pipeline. A re-run skips committed plates and images unless
+``--overwrite``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from typing import Iterable, Iterator
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from dpcore.compression import compress_channel, control_histogram, illumination_picture
 from dpcore.config import Config
@@ -40,13 +40,15 @@ from dpcore.illumination import (PlateAccumulator, compute_statistics, merge_acc
 from dpcore.images import ImageReadError, decode_image, encode_png, read_image
 from dpcore.layout import ProjectLayout, UnsafePathError
 from dpcore.locking import output_lock
-from dpcore.metadata import Site, load_sites, read_sites
+from dpcore.metadata import Site, scan_index
 from dpcore.sites import raw_image_paths, read_stack
 from dpcore.storage import StoragePath, remove_stale_temporaries
 
 from beam_pipelines.context import CommandContext
 from beam_pipelines.dead_letter import WriteDeadLetters, failure, read_failures, report_failures
-from beam_pipelines.progress import counter_values, inc_counter
+from beam_pipelines.index import ReadSites
+from beam_pipelines.progress import inc_counter
+from beam_pipelines.running import run_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -286,13 +288,9 @@ class PreparePlates(beam.PTransform):
 
     def expand(self, pbegin):
         s = self.settings
-        sites = (
-            pbegin
-            | "IndexFile" >> beam.Create([self.index_path])
-            | "ReadIndex" >> beam.FlatMap(read_sites, s.channels)
-            | "PlatesToProcess" >> beam.Filter(lambda site, plates: site.plate in plates, self.plates)
-            | "SpreadSites" >> beam.Reshuffle()
-        )
+        read = pbegin | "ReadSites" >> ReadSites(self.index_path, s.channels)
+        sites = read["sites"] | "PlatesToProcess" >> beam.Filter(lambda site, plates: site.plate in plates,
+                                                                 self.plates)
         contributions = (
             sites
             | "SitesNeedingStatistics" >> beam.Filter(lambda site, done: site.plate not in done,
@@ -313,7 +311,7 @@ class PreparePlates(beam.PTransform):
             | "AllPlates" >> beam.Create(sorted(self.plates))
             | "PlatesWithoutStatistics" >> beam.FlatMap(_plates_without_statistics, ready_dict)
         )
-        failures = [contributions.failed, computed.failed, missing]
+        failures = [read["failed"], contributions.failed, computed.failed, missing]
         if s.compress:
             compressed = sites | "CompressSites" >> beam.ParDo(CompressSite(s), ready_dict).with_outputs(
                 "failed", main="ok")
@@ -350,44 +348,40 @@ def plan_plates(settings: PrepareSettings, plates: list[str]) -> tuple[list[str]
     return todo, resume, complete
 
 
-def run(settings: PrepareSettings, plates: list[str], beam_args: Iterable[str] = (),
-        test_pipeline: beam.Pipeline | None = None) -> tuple[dict | None, list[str]]:
-    """Run prepare; return (counters, or None if nothing needed running; plates already complete)."""
-    todo, resume, complete = plan_plates(settings, plates)
-    if not todo:
-        return None, complete
-    logger.info("prepare: %d plate(s) to process (%d resuming from committed statistics), %d already complete",
-                len(todo), len(resume), len(complete))
-    pipeline = test_pipeline or beam.Pipeline(options=PipelineOptions(list(beam_args)))
-    _ = pipeline | "Prepare" >> PreparePlates(settings, str(settings.layout.index_file), frozenset(todo), resume)
-    result = pipeline.run()
-    result.wait_until_finish()
-    return counter_values(result, NAMESPACE), complete
-
-
 def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     config = context.load_config("prepare")
     context = context.with_config_paths(config)
-    sites = load_sites(context.layout.index_file, config, "prepare")  # fail fast on a bad index
-    plates = sorted({site.plate for site in sites})
+    scan = scan_index(context.layout.index_file, config, "prepare")  # fail fast on a bad index
+    plates = sorted(scan.plates)
     settings = PrepareSettings.from_config(context.layout, config, overwrite=args.overwrite)
-    emit(f"prepare: {len(plates)} plate(s), {len(sites)} site(s), {len(config.channels)} channel(s); "
+    emit(f"prepare: {len(plates)} plate(s), {scan.sites} site(s), {len(config.channels)} channel(s); "
          f"compression {'on' if settings.compress else 'off'}")
     with output_lock(context.layout.intensities_dir, "prepare"):
         remove_stale_temporaries(context.layout.compressed_images_dir)  # prepare writes there too
-        counters, complete = run(settings, plates, context.beam_args)
-    failures = read_failures(settings.failures_file) if counters is not None else []
-    for plate in complete:
-        emit(f"plate {plate}: already complete ({settings.manifest(plate)}); --overwrite recomputes it")
-    if counters is not None:
-        emit("images read for statistics: {images_read}; plates computed: {plates_computed}; "
-             "plates committed: {plates_committed}".format_map(_Zero(counters)))
-        if settings.compress:
-            emit("PNGs written: {pngs_written}; already committed and kept: {pngs_already_committed}; "
-                 "control sites: {control_sites}".format_map(_Zero(counters)))
+        todo, resume, complete = plan_plates(settings, plates)
+        for plate in complete:
+            emit(f"plate {plate}: already complete ({settings.manifest(plate)}); --overwrite recomputes it")
+        if not todo:
+            return 0
+        logger.info("prepare: %d plate(s) to process (%d resuming from committed statistics), %d already "
+                    "complete", len(todo), len(resume), len(complete))
+        run = run_pipeline(
+            lambda pipeline: pipeline | "Prepare" >> PreparePlates(settings, str(settings.layout.index_file),
+                                                                   frozenset(todo), resume),
+            context.beam_args, NAMESPACE, detach=getattr(args, "detach", False),
+            commit=settings.manifest(todo[-1]))
+    if run.detached:
+        emit(run.detached_message)
+        return 0
+    counters = run.counters
+    emit("images read for statistics: {images_read}; plates computed: {plates_computed}; "
+         "plates committed: {plates_committed}".format_map(_Zero(counters)))
+    if settings.compress:
+        emit("PNGs written: {pngs_written}; already committed and kept: {pngs_already_committed}; "
+             "control sites: {control_sites}".format_map(_Zero(counters)))
     emit(f"outputs: {context.layout.intensities_dir} and "
          f"{context.layout.compressed_images_dir if settings.compress else '(compression off)'}")
-    return report_failures(failures, settings.failures_file, emit)
+    return report_failures(read_failures(settings.failures_file), settings.failures_file, emit)
 
 
 class _Zero(dict):

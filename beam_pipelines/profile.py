@@ -2,19 +2,25 @@
 
 ::
 
-    ReadIndex -> SitesToDo -> Reshuffle -> CutCells --(failed / no cells)--------------> dead letters
-                                             | ("plate|well|site|cell", crop)   | (site key, site info)
-                          RunInference(KeyedModelHandler(FeatureModelHandler))  |
-                          batched by profile.batch_size across sites            |
-                                             | (cell key, vector) --(failed)---> dead letters
-                                        KeyBySite -> CoGroupByKey <--------------+
-                                             |
-                                        WriteSiteFeatures -> features/<plate>/<well>-<site>.parquet
-                                             |
-                                        WriteManifest -> features/manifest.json
+    ReadSites -> KeyByPlate -> GroupByPlate -> SitesToDo (one listing per plate) --(kept)--> counts
+                                                  |
+                                     SpreadSites -> CutCells --(failed / no cells)------------> dead letters
+                                                  | ("plate|well|site|cell", crop)   | (site key, site info)
+                          RunInference(KeyedModelHandler(FeatureModelHandler))       |
+                          batched by profile.batch_size across sites                 |
+                                                  | (cell key, vector) --(failed)----> dead letters
+                                             KeyBySite -> JoinSites <-----------------+
+                                                  |
+                                             WriteSiteFeatures -> features/<plate>/<well>-<site>.parquet
+                                                  | counts
+                                             WriteRunRecord -> features/_manifest.json, _runs/<index>.json
 
 A site is committed when its Parquet file is renamed into place; a re-run skips
-committed sites unless ``--overwrite``. The model is built once per worker by
+committed sites unless ``--overwrite``, deciding per plate on the workers (one
+listing of the plate's folder), so nothing per site enters the job graph. A
+site that fails in this run loses any feature file an earlier run left, so a
+stale file never passes as current. The run's record is the pipeline's last
+step. The layout is ``dpcore.features``; the model is built once per worker by
 the model handler (``load_model``) and runs as a compiled ``tf.function``.
 """
 
@@ -31,27 +37,28 @@ from typing import Any, Iterable, Iterator, Sequence
 import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
-from apache_beam.options.pipeline_options import PipelineOptions
 
+from dpcore import features
 from dpcore.checkpoints import CheckpointError, file_sha256
 from dpcore.config import Config, ConfigError
 from dpcore.images import ImageReadError
 from dpcore.layout import ProjectLayout, UnsafePathError
 from dpcore.locations import LocationsError, LocationsMissing
 from dpcore.locking import output_lock
-from dpcore.metadata import Site, load_sites, read_sites
+from dpcore.metadata import Site, scan_index
 from dpcore.profiling import FeatureModelSpec, classes_in_checkpoint, feature_frame, pretrained_weights_file
 from dpcore.single_cells import CellSource
 from dpcore.storage import StoragePath, as_storage_path
 
 from beam_pipelines.context import CommandContext, UsageError
 from beam_pipelines.dead_letter import WriteDeadLetters, failure, read_failures, report_failures
-from beam_pipelines.progress import counter_values, inc_counter
+from beam_pipelines.index import ReadSites
+from beam_pipelines.progress import inc_counter
+from beam_pipelines.running import run_pipeline
 
 logger = logging.getLogger(__name__)
 
 NAMESPACE = "dpbeam.profile"
-MANIFEST_NAME = "manifest.json"
 NO_CELLS = "no-cells"  # dead-letter stage that reports, but does not fail the run
 
 
@@ -71,7 +78,7 @@ class FeatureModelHandler(ModelHandler[np.ndarray, np.ndarray, Any]):
 
     def load_model(self):
         from dpcore.models import predict_function  # noqa: PLC0415 -- TF loads on workers only
-        return predict_function(self.spec.build())
+        return predict_function(self.spec.build(), self.batch_size)
 
     def run_inference(self, batch: Sequence[np.ndarray], model, inference_args=None) -> Iterable[np.ndarray]:
         vectors = model(np.stack(batch))
@@ -100,7 +107,11 @@ def _cell_key(site: Site, cell: int) -> str:
 
 
 class CutCells(beam.DoFn):
-    """Read a site, cut its cells; emit keyed crops and, once, the site's description."""
+    """Read a site, cut its cells; emit keyed crops and, once, the site's description.
+
+    A site that yields no features in this run has its earlier feature file
+    (from a run under ``--overwrite``) removed: otherwise it would pass as current.
+    """
 
     def __init__(self, source: CellSource):
         self.source = source
@@ -109,19 +120,27 @@ class CutCells(beam.DoFn):
         try:
             cut = self.source.cut(site)
         except LocationsMissing as error:
-            yield beam.pvalue.TaggedOutput("failed", failure(NO_CELLS, site.key, str(error)))
+            yield beam.pvalue.TaggedOutput("failed", failure(NO_CELLS, site.key, self._unpublish(site, str(error))))
         except (LocationsError, ImageReadError, UnsafePathError) as error:
             inc_counter(NAMESPACE, "sites_failed")
-            yield beam.pvalue.TaggedOutput("failed", failure("read", site.key, str(error)))
+            yield beam.pvalue.TaggedOutput("failed", failure("read", site.key, self._unpublish(site, str(error))))
         else:
             yield from self._emit(site, cut)
+
+    def _unpublish(self, site: Site, reason: str) -> str:
+        stale = features.site_file(self.source.layout.features_dir, site.plate, site.well, site.site)
+        if not stale.exists():
+            return reason
+        stale.remove()
+        inc_counter(NAMESPACE, "stale_sites_removed")
+        return f"{reason} (its features from an earlier run were removed)"
 
     def _emit(self, site: Site, cut) -> Iterator:
         kept = [int(i) for i in cut.batch.kept]
         if not kept:
             yield beam.pvalue.TaggedOutput("failed", failure(
-                NO_CELLS, site.key, f"no usable cell ({cut.batch.outside} outside the image, "
-                                    f"{cut.batch.invalid} with NaN)"))
+                NO_CELLS, site.key, self._unpublish(site, f"no usable cell ({cut.batch.outside} outside the "
+                                                          f"image, {cut.batch.invalid} with NaN)")))
         else:
             inc_counter(NAMESPACE, "sites_read")
             inc_counter(NAMESPACE, "cells_cut", len(kept))
@@ -163,29 +182,59 @@ class WriteSiteFeatures(beam.DoFn):
                               np.stack([by_cell[c] for c in cells]))
         buffer = io.BytesIO()
         frame.to_parquet(buffer, index=False)
-        site_file(self.layout, *_split_key(key)).write_bytes(buffer.getvalue())  # the site is committed here
+        plate, well, site = features.split_site_key(key)
+        features.site_file(self.layout.features_dir, plate, well, site).write_bytes(buffer.getvalue())  # committed
         inc_counter(NAMESPACE, "sites_written")
         return key, len(cells)
 
 
-def _split_key(key: str) -> tuple[str, str, str]:
-    plate, rest = key.split("/", 1)
-    well, site = rest.rsplit("-", 1)
-    return plate, well, site
+class SitesToDo(beam.DoFn):
+    """A plate's sites -> those still to profile; one listing of the plate's feature folder.
+
+    Committed sites (their file exists) are counted on the ``kept`` output.
+    """
+
+    def __init__(self, features_dir: StoragePath, overwrite: bool):
+        self.features_dir = features_dir
+        self.overwrite = overwrite
+
+    def process(self, element: tuple[str, Iterable[Site]]) -> Iterator:
+        plate, sites = element
+        done = set() if self.overwrite else features.committed_in_plate(self.features_dir, plate)
+        for site in sites:
+            if site.key in done:
+                inc_counter(NAMESPACE, "sites_already_committed")
+                yield beam.pvalue.TaggedOutput("kept", 1)
+            else:
+                yield site
 
 
-def site_file(layout: ProjectLayout, plate: str, well: str, site: str) -> StoragePath:
-    return layout.features_dir / plate / f"{well}-{site}.parquet"
+class WriteRunRecord(beam.DoFn):
+    """The run's last step: the features' manifest and this index's run record."""
+
+    def __init__(self, features_dir: StoragePath, index: StoragePath, description: dict):
+        self.features_dir = features_dir
+        self.index = index
+        self.description = description
+
+    def process(self, _, written: tuple[int, int], kept: int, failures: int) -> Iterator[dict]:
+        sites_written, cells = written
+        record = {"index": str(self.index), "sites_written": sites_written, "cells_profiled": cells,
+                  "sites_committed_earlier": kept, "sites_committed": sites_written + kept,
+                  "failure_records": failures}
+        (self.features_dir / features.MANIFEST_NAME).write_text(json.dumps(self.description, indent=2,
+                                                                           sort_keys=True))
+        features.run_record_file(self.features_dir, self.index).write_text(json.dumps(record, indent=2,
+                                                                                      sort_keys=True))
+        yield record
 
 
-def committed_sites(layout: ProjectLayout) -> set[str]:
-    """Keys of sites whose Parquet file exists (written atomically, so complete). One listing."""
-    done = set()
-    for path in layout.features_dir.glob("*/*.parquet"):
-        plate = path.parent.name
-        well, site = path.name[: -len(".parquet")].rsplit("-", 1)
-        done.add(f"{plate}/{well}-{site}")
-    return done
+def _sum_pairs(pairs: Iterable[tuple[int, int]]) -> tuple[int, int]:
+    sites = cells = 0
+    for a, b in pairs:
+        sites += a
+        cells += b
+    return sites, cells
 
 
 @dataclass
@@ -194,25 +243,33 @@ class ProfileSites(beam.PTransform):
     spec: FeatureModelSpec
     batch_size: int
     index_path: str
-    skip: frozenset
+    overwrite: bool
     failures_file: StoragePath
+    description: dict
     # A Beam resource hint for the inference step only, e.g. on Dataflow
     # "type:nvidia-tesla-t4;count:1;install-nvidia-driver": reading and cropping stay on CPU workers.
     accelerator: str | None = None
+    # Crops -> vectors; FeatureModelHandler(spec, batch_size) unless a test passes a fake one.
+    model_handler: ModelHandler | None = None
 
     def __post_init__(self):
         super().__init__()
 
     def expand(self, pbegin):
+        features_dir = self.source.layout.features_dir
+        read = pbegin | "ReadSites" >> ReadSites(self.index_path, self.source.channels)
+        todo = (
+            read["sites"]
+            | "KeyByPlate" >> beam.Map(lambda site: (site.plate, site))
+            | "GroupByPlate" >> beam.GroupByKey()
+            | "SitesToDo" >> beam.ParDo(SitesToDo(features_dir, self.overwrite)).with_outputs("kept", main="sites")
+        )
         cut = (
-            pbegin
-            | "IndexFile" >> beam.Create([self.index_path])
-            | "ReadIndex" >> beam.FlatMap(read_sites, self.source.channels)
-            | "SitesToDo" >> beam.Filter(lambda site, skip: site.key not in skip, self.skip)
+            todo.sites
             | "SpreadSites" >> beam.Reshuffle()
             | "CutCells" >> beam.ParDo(CutCells(self.source)).with_outputs("failed", "sites", main="crops")
         )
-        handler = KeyedModelHandler(FeatureModelHandler(self.spec, self.batch_size))
+        handler = KeyedModelHandler(self.model_handler or FeatureModelHandler(self.spec, self.batch_size))
         inference = RunInference(handler).with_exception_handling()
         if self.accelerator:
             inference = inference.with_resource_hints(accelerator=self.accelerator)
@@ -223,9 +280,37 @@ class ProfileSites(beam.PTransform):
             | "JoinSites" >> beam.CoGroupByKey()
             | "WriteSiteFeatures" >> beam.ParDo(WriteSiteFeatures(self.source.layout, self.spec.model_name))
         )
-        (cut.failed, failed_inference) | "AllFailures" >> beam.Flatten() | "DeadLetters" >> WriteDeadLetters(
-            self.failures_file)
-        return written
+        failed = (read["failed"], cut.failed, failed_inference) | "AllFailures" >> beam.Flatten()
+        failed | "DeadLetters" >> WriteDeadLetters(self.failures_file)
+        counts = {
+            "written": written | "AddUpWritten" >> beam.CombineGlobally(_AddUpWritten()),
+            "kept": todo.kept | "CountKept" >> beam.CombineGlobally(sum),
+            "failures": failed | "CountFailures" >> beam.combiners.Count.Globally(),
+        }
+        return (
+            pbegin
+            | "RunRecordTrigger" >> beam.Create([None])
+            | "WriteRunRecord" >> beam.ParDo(
+                WriteRunRecord(features_dir, as_storage_path(self.index_path), self.description),
+                beam.pvalue.AsSingleton(counts["written"]), beam.pvalue.AsSingleton(counts["kept"]),
+                beam.pvalue.AsSingleton(counts["failures"]))
+        )
+
+
+class _AddUpWritten(beam.CombineFn):
+    """(site key, cells) -> (sites, cells)."""
+
+    def create_accumulator(self) -> tuple[int, int]:
+        return 0, 0
+
+    def add_input(self, accumulator, element):
+        return accumulator[0] + 1, accumulator[1] + element[1]
+
+    def merge_accumulators(self, accumulators):
+        return _sum_pairs(accumulators)
+
+    def extract_output(self, accumulator):
+        return accumulator
 
 
 # ------------------------------------------------------------------- command
@@ -264,16 +349,11 @@ def build_spec(layout: ProjectLayout, config: Config, pretrained: str | None) ->
                             num_classes=classes, checkpoint=str(checkpoint) if checkpoint else None)
 
 
-def run(source: CellSource, spec: FeatureModelSpec, batch_size: int, index_path: str, skip: frozenset,
-        failures_file: StoragePath, beam_args=(), test_pipeline=None, accelerator: str | None = None
-        ) -> tuple[dict, list]:
-    pipeline = test_pipeline or beam.Pipeline(options=PipelineOptions(list(beam_args)))
-    written = pipeline | "Profile" >> ProfileSites(source, spec, batch_size, index_path, skip, failures_file,
-                                                   accelerator)
-    _ = written | "CountWritten" >> beam.combiners.Count.Globally()
-    result = pipeline.run()
-    result.wait_until_finish()
-    return counter_values(result, NAMESPACE), read_failures(failures_file)
+def build(pipeline: beam.Pipeline, source: CellSource, spec: FeatureModelSpec, batch_size: int,
+          index_path: StoragePath, overwrite: bool, description: dict, accelerator: str | None = None) -> None:
+    _ = pipeline | "Profile" >> ProfileSites(
+        source, spec, batch_size, str(index_path), overwrite,
+        features.failures_file(source.layout.features_dir, index_path), description, accelerator)
 
 
 def local_parallelism(beam_args: tuple[str, ...]) -> tuple[str, ...]:
@@ -291,6 +371,17 @@ def local_parallelism(beam_args: tuple[str, ...]) -> tuple[str, ...]:
     return beam_args + (f"--direct_num_workers={os.cpu_count() or 1}", "--direct_running_mode=multi_threading")
 
 
+def describe(spec: FeatureModelSpec, dimension: int, config: Config) -> dict:
+    """The features' manifest: which model made them (``dpcore.features.MODEL_KEYS`` must agree to add sites)."""
+    return {
+        "model": spec.model_name, "conv_blocks": spec.conv_blocks, "feature_layer": spec.feature_layer,
+        "features_per_cell": dimension, "feature_prefix": f"{spec.model_name}_",
+        "checkpoint": spec.checkpoint, "checkpoint_sha256": file_sha256(StoragePath(spec.checkpoint))
+        if spec.checkpoint else None,
+        "pretrained_weights": spec.pretrained_weights, "config_fingerprint": config.fingerprint,
+    }
+
+
 def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     config = context.load_config("profile")
     context = context.with_config_paths(config)
@@ -300,7 +391,7 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
         layout = ProjectLayout.create(layout.root, layout.experiment, layout.single_cells,
                                       layout.split_index_file(args.part).url, layout.overrides)
     index_path = layout.index_file
-    sites = load_sites(index_path, config, "profile")
+    scan = scan_index(index_path, config, "profile")  # fail fast on a bad index; nothing per site is kept
     source = CellSource.from_config(layout, config)
     spec = build_spec(layout, config, args.pretrained_weights)
     try:
@@ -309,32 +400,38 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
         raise UsageError(str(error)) from error
     dimension = int(probe.output.shape[-1])
     del probe
-    skip = frozenset() if args.overwrite else frozenset(committed_sites(layout) & {s.key for s in sites})
-    emit(f"profile: {len(sites)} site(s) from {index_path}; {len(skip)} already committed and skipped; "
-         f"model {spec.model_name} (conv_blocks {spec.conv_blocks}), layer {spec.feature_layer} "
-         f"-> {dimension} features per cell")
-    failures_file = layout.features_dir / "_failed" / "profile-failures.jsonl"
-    counters, failures = ({}, [])
-    if len(skip) < len(sites):
-        with output_lock(layout.features_dir, "profile"):
-            counters, failures = run(source, spec, config.profile.batch_size, str(index_path), skip, failures_file,
-                                     local_parallelism(context.beam_args), accelerator=args.inference_accelerator)
-    manifest = {
-        "model": spec.model_name, "conv_blocks": spec.conv_blocks, "feature_layer": spec.feature_layer,
-        "features_per_cell": dimension, "feature_prefix": f"{spec.model_name}_",
-        "checkpoint": spec.checkpoint, "checkpoint_sha256": file_sha256(StoragePath(spec.checkpoint))
-        if spec.checkpoint else None,
-        "pretrained_weights": spec.pretrained_weights, "config_fingerprint": config.fingerprint,
-        "index": str(index_path), "sites_in_index": len(sites),
-        "sites_committed": len(committed_sites(layout) & {s.key for s in sites}),
-        "cells_this_run": counters.get("cells_inferred", 0),
-    }
-    (layout.features_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    emit(f"sites written this run: {counters.get('sites_written', 0)}; cells profiled: "
-         f"{counters.get('cells_inferred', 0)}; sites committed in all: {manifest['sites_committed']} "
-         f"of {len(sites)}")
-    emit(f"features: {layout.features_dir}/<plate>/<well>-<site>.parquet; manifest: "
-         f"{layout.features_dir / MANIFEST_NAME}")
+    description = describe(spec, dimension, config)
+    existing = features.read_manifest(layout.features_dir)
+    if existing and not args.overwrite and features.model_differences(existing, description):
+        raise UsageError(
+            f"the features in {layout.features_dir} were made with another model or config "
+            f"({', '.join(features.model_differences(existing, description))} differ): new sites would not be "
+            f"comparable. Use --overwrite to redo every site, or another --exp")
+    emit(f"profile: {scan.sites} site(s) in {len(scan.plates)} plate(s) from {index_path}"
+         f"{'' if args.overwrite else ' (committed sites are skipped)'}; model {spec.model_name} "
+         f"(conv_blocks {spec.conv_blocks}), layer {spec.feature_layer} -> {dimension} features per cell")
+    record_file = features.run_record_file(layout.features_dir, index_path)
+    with output_lock(layout.features_dir, "profile"):
+        run = run_pipeline(
+            lambda pipeline: build(pipeline, source, spec, config.profile.batch_size, index_path, args.overwrite,
+                                   description, args.inference_accelerator),
+            local_parallelism(context.beam_args), NAMESPACE, detach=getattr(args, "detach", False),
+            commit=record_file)
+    if run.detached:
+        emit(run.detached_message)
+        return 0
+    record = json.loads(record_file.read_text())
+    failures_file = features.failures_file(layout.features_dir, index_path)
+    failures = read_failures(failures_file)
+    emit(f"sites written this run: {record['sites_written']}; cells profiled: {record['cells_profiled']}; "
+         f"committed by earlier runs and kept: {record['sites_committed_earlier']}; "
+         f"sites with features now: {record['sites_committed']} of {scan.sites}")
+    stale = run.counters.get("stale_sites_removed", 0)
+    if stale:
+        emit(f"{stale} site(s) failed in this run and lost their features from an earlier run (see the failures)")
+    emit(f"features: {layout.features_dir}/<plate>/<well>-<site>.parquet (a Parquet dataset: "
+         f"pd.read_parquet('{layout.features_dir}') reads them all); manifest: "
+         f"{layout.features_dir / features.MANIFEST_NAME}; this run: {record_file}")
     no_cells = [f for f in failures if f["stage"] == NO_CELLS]
     real = [f for f in failures if f["stage"] != NO_CELLS]
     if no_cells:

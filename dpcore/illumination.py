@@ -56,6 +56,25 @@ class PlateAccumulator:
     def empty(self) -> bool:
         return self.count == 0
 
+    # Accumulators travel between workers (combiner lifting, the per-plate shuffle). 12-bit images leave
+    # 15/16 of a 16-bit histogram empty: only the bins up to the last one used are sent (2.6 MB -> ~0.2 MB
+    # a plate for five channels), so the shuffle moves ~1 MB per partial plate instead of ~3.5 MB.
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        if self.histogram is not None:
+            used = np.flatnonzero(self.histogram.any(axis=0))
+            end = int(used[-1]) + 1 if used.size else 0
+            state["histogram"] = (self.histogram[:, :end].copy(), self.histogram.shape)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if state.get("histogram") is not None:
+            trimmed, shape = state["histogram"]
+            full = np.zeros(shape, dtype=np.int64)
+            full[:, : trimmed.shape[1]] = trimmed
+            state = {**state, "histogram": full}
+        self.__dict__.update(state)
+
 
 @dataclass(frozen=True)
 class PlateStatistics:

@@ -8,10 +8,12 @@ pipelines and group deterministically.
 
 from __future__ import annotations
 
+import heapq
 import io
 import logging
-from dataclasses import dataclass
-from typing import Iterable, Sequence
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Sequence
 
 import pandas as pd
 
@@ -85,12 +87,145 @@ def read_index(path: "StoragePath | str") -> pd.DataFrame:
     return frame.astype(object)
 
 
+def iter_index_chunks(path: "StoragePath | str", chunk_rows: int = 50_000) -> Iterator[pd.DataFrame]:
+    """The index in chunks of ``chunk_rows`` rows, read as it streams in.
+
+    An index of millions of sites is never held whole: readers on the launcher
+    and on workers keep one chunk at a time. Cells are strings, as in
+    :func:`read_index`.
+    """
+    path = as_storage_path(path)
+    if not path.is_file():
+        raise MetadataError(f"index file {path} does not exist")
+    try:
+        with path.open("rb") as handle:
+            reader = pd.read_csv(handle, dtype=str, keep_default_na=False, na_filter=False, chunksize=chunk_rows)
+            for chunk in reader:
+                chunk.columns = [str(c).strip() for c in chunk.columns]
+                yield chunk.astype(object)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise MetadataError(f"index file {path} cannot be parsed as CSV: {error}") from error
+
+
 def check_columns(frame: pd.DataFrame, required: Iterable[str], source: str) -> None:
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise MetadataError(
             f"index {source} lacks required column(s) {', '.join(missing)}; "
             f"it has {', '.join(frame.columns) or 'no columns'}")
+
+
+def _row_to_site(columns: list[str], values: tuple, channels: Sequence[str], row_number: int
+                 ) -> tuple[Site | None, str | None]:
+    """(Site, None) for a usable row, (None, problem) for one with blank keys or image paths."""
+    row = dict(zip(columns, values))
+    blank = [c for c in list(SITE_COLUMNS) + list(channels) if not str(row[c]).strip()]
+    if blank:
+        return None, f"line {row_number + 2}: empty value in column(s) {', '.join(blank)}"
+    return Site(
+        plate=row[PLATE].strip(), well=row[WELL].strip(), site=row[SITE].strip(),
+        channel_files=tuple(str(row[c]).strip() for c in channels),
+        metadata=tuple((c, str(row[c])) for c in columns),
+        row=row_number,
+    ), None
+
+
+def iter_sites(path: "StoragePath | str", channels: Sequence[str],
+               on_problem: Callable[[str], None] | None = None, chunk_rows: int = 50_000) -> Iterator[Site]:
+    """Every usable site of the index, streamed chunk by chunk (memory: one chunk).
+
+    Rows with blank keys or image paths are passed to ``on_problem`` (or raise
+    :class:`MetadataError` when it is None). Duplicate sites are *not* detected
+    here -- that needs every key at once; pipelines find them by grouping on the
+    site key (``beam_pipelines.index.ReadSites``) and :func:`sites_from_index`
+    finds them for ``validate``.
+    """
+    path = as_storage_path(path)
+    row_number = 0
+    for chunk in iter_index_chunks(path, chunk_rows):
+        check_columns(chunk, list(SITE_COLUMNS) + list(channels), str(path))
+        columns = list(chunk.columns)
+        for values in chunk.itertuples(index=False, name=None):
+            site, problem = _row_to_site(columns, values, channels, row_number)
+            row_number += 1
+            if site is not None:
+                yield site
+            elif on_problem is None:
+                raise MetadataError(f"index {path}: {problem}")
+            else:
+                on_problem(problem)
+
+
+@dataclass
+class IndexScan:
+    """What a launcher needs to know about an index, gathered in one streaming pass.
+
+    Memory is independent of the number of sites: counts, the distinct values of
+    a few named columns (plates, labels, splits: as many as the screen has
+    treatments, not sites) and a fixed-size deterministic sample of sites.
+    """
+
+    source: str
+    sites: int = 0
+    plates: set[str] = field(default_factory=set)
+    values: dict[str, dict[str, int]] = field(default_factory=dict)  # column -> value -> sites
+    sample: list[tuple[int, int, Site]] = field(default_factory=list)  # heap of (-hash, row, site)
+    problems: list[str] = field(default_factory=list)
+    problem_count: int = 0
+
+    def sampled_sites(self) -> list[Site]:
+        """The sampled sites (those with the smallest key hashes), in index order."""
+        return [site for _, _, site in sorted(self.sample, key=lambda entry: entry[2].row)]
+
+
+def scan_index(path: "StoragePath | str", config: Config, command: str, sample_size: int = 64,
+               count_columns: Sequence[str] = (), chunk_rows: int = 50_000) -> IndexScan:
+    """Check the index for ``command`` and summarise it without holding it whole.
+
+    Missing columns and blank cells are refused (:class:`MetadataError`) with the
+    line numbers; duplicates are left to the pipelines (see :func:`iter_sites`).
+    ``count_columns`` lists columns whose values are counted (labels, splits).
+    """
+    path = as_storage_path(path)
+    scan = IndexScan(source=str(path), values={column: {} for column in count_columns})
+    required = required_columns(config, command)
+
+    def problem(text: str) -> None:
+        scan.problem_count += 1
+        if len(scan.problems) < 20:
+            scan.problems.append(text)
+
+    checked = False
+    for chunk in iter_index_chunks(path, chunk_rows):
+        if not checked:
+            check_columns(chunk, required, str(path))
+            checked = True
+        columns = list(chunk.columns)
+        for values in chunk.itertuples(index=False, name=None):
+            site, text = _row_to_site(columns, values, config.channels, scan.sites + scan.problem_count)
+            if site is None:
+                problem(text)
+                continue
+            scan.sites += 1
+            scan.plates.add(site.plate)
+            row = dict(zip(columns, values))
+            for column, counts in scan.values.items():
+                counts[row[column]] = counts.get(row[column], 0) + 1
+            # Keep the sample_size sites with the smallest key hash: the same sample on every run.
+            entry = (-zlib.crc32(site.key.encode("utf-8")), site.row, site)
+            if len(scan.sample) < sample_size:
+                heapq.heappush(scan.sample, entry)
+            elif entry[:2] > scan.sample[0][:2]:
+                heapq.heapreplace(scan.sample, entry)
+    if scan.problem_count:
+        more = f"\n  ... and {scan.problem_count - 20} more" if scan.problem_count > 20 else ""
+        raise MetadataError(f"index {path} has {scan.problem_count} bad row(s):\n  " + "\n  ".join(scan.problems)
+                            + more)
+    if not checked:
+        raise MetadataError(f"index {path} has no rows")
+    if not scan.sites:
+        raise MetadataError(f"index {path} has no rows")
+    return scan
 
 
 def sites_from_index(frame: pd.DataFrame, channels: Sequence[str], source: str) -> list[Site]:
@@ -101,23 +236,16 @@ def sites_from_index(frame: pd.DataFrame, channels: Sequence[str], source: str) 
     sites: list[Site] = []
     columns = list(frame.columns)
     for row_number, values in enumerate(frame.itertuples(index=False, name=None)):
-        row = dict(zip(columns, values))
-        line = row_number + 2
-        blank = [c for c in list(SITE_COLUMNS) + list(channels) if not str(row[c]).strip()]
-        if blank:
-            problems.append(f"line {line}: empty value in column(s) {', '.join(blank)}")
+        site, problem = _row_to_site(columns, values, channels, row_number)
+        if site is None:
+            problems.append(problem)
             continue
-        key = (row[PLATE].strip(), row[WELL].strip(), row[SITE].strip())
+        key = (site.plate, site.well, site.site)
         if key in seen:
-            problems.append(f"line {line}: site {key[0]}/{key[1]}-{key[2]} duplicates line {seen[key]}")
+            problems.append(f"line {row_number + 2}: site {site.key} duplicates line {seen[key]}")
             continue
-        seen[key] = line
-        sites.append(Site(
-            plate=key[0], well=key[1], site=key[2],
-            channel_files=tuple(str(row[c]).strip() for c in channels),
-            metadata=tuple((c, str(row[c])) for c in columns),
-            row=row_number,
-        ))
+        seen[key] = row_number + 2
+        sites.append(site)
     if problems:
         shown = problems[:20]
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
@@ -133,12 +261,6 @@ def load_sites(path: "StoragePath | str", config: Config, command: str) -> list[
     frame = read_index(path)
     check_columns(frame, required_columns(config, command), str(path))
     return sites_from_index(frame, config.channels, str(path))
-
-
-def read_sites(path: "StoragePath | str", channels: Sequence[str]) -> list[Site]:
-    """The index's sites, read where it is called: pipelines call it on a worker, so an index
-    of millions of sites never travels in the job graph."""
-    return sites_from_index(read_index(path), channels, str(path))
 
 
 def summarise(sites: Sequence[Site]) -> dict[str, int]:

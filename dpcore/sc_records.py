@@ -24,10 +24,13 @@ lazily: only the functions that build or parse protos need it.
 
 from __future__ import annotations
 
+import gzip
+import io
 import os
+import struct
 import tempfile
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -111,12 +114,57 @@ def dataset(files: Iterable[str], box_size: int, channels: int, compression: str
     return records.map(lambda s: parse(s, box_size, channels), num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def write_shard(target: StoragePath, serialized: Iterable[bytes], compression: str = "") -> int:
+def framed_size(serialized: bytes) -> int:
+    """Bytes one record takes in an uncompressed TFRecord file (length, its CRC, data, its CRC)."""
+    return 8 + 4 + len(serialized) + 4
+
+
+def read_record_at(path: StoragePath, offset: int, compression: str = "") -> bytes:
+    """The serialized record starting at byte ``offset`` of the *uncompressed* stream of a shard.
+
+    Used to fetch a handful of records (the montage's samples) without reading
+    a whole shard: an uncompressed shard is read from ``offset`` on; a GZIP one
+    is decompressed up to it.
+    """
+    if compression == "GZIP":  # no random access into a GZIP stream: decompress up to the record
+        with (path.open("rb") if path.is_local else io.BytesIO(path.read_bytes())) as raw:
+            stream = gzip.GzipFile(fileobj=raw)
+            stream.seek(offset)
+            header = stream.read(12)
+            data = stream.read(_record_length(header, path, offset))
+    elif path.is_local:
+        with open(path.url, "rb") as stream:
+            stream.seek(offset)
+            header = stream.read(12)
+            data = stream.read(_record_length(header, path, offset))
+    else:  # two ranged reads from the object store
+        header = path.fs.cat_file(path.url, start=offset, end=offset + 12)
+        start = offset + 12
+        data = path.fs.cat_file(path.url, start=start, end=start + _record_length(header, path, offset))
+    return data
+
+
+def _record_length(header: bytes, path: StoragePath, offset: int) -> int:
+    if len(header) < 12:
+        raise ValueError(f"{path}: no record at byte {offset}")
+    return struct.unpack("<Q", header[:8])[0]
+
+
+def decode_image(serialized: bytes, box_size: int, channels: int) -> np.ndarray:
+    """The crop of one serialized record, ``(box, box, C)`` uint8."""
+    example = _tf().train.Example.FromString(serialized)
+    data = example.features.feature["image"].bytes_list.value[0]
+    return np.frombuffer(data, dtype=np.uint8).reshape(box_size, box_size, channels)
+
+
+def write_shard(target: StoragePath, serialized: Iterable[bytes], compression: str = "",
+                on_record: Callable[[int, bytes], None] | None = None) -> int:
     """Write TFRecords so the shard appears complete or not at all; return the record count.
 
     TF's writer writes a local temporary file (it frames records with CRCs and
     can GZIP them), which is then moved into place: renamed beside the target
-    locally, uploaded for a bucket.
+    locally, uploaded for a bucket. ``on_record(offset, record)`` is told where
+    each record starts in the uncompressed stream (see :func:`read_record_at`).
     """
     tf = _tf()
     options = tf.io.TFRecordOptions(compression_type=compression or "")
@@ -128,12 +176,15 @@ def write_shard(target: StoragePath, serialized: Iterable[bytes], compression: s
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes 0600; shards are shared like any output
-    count = 0
+    count = offset = 0
     try:
         with tf.io.TFRecordWriter(temporary, options) as writer:
             for record in serialized:
+                if on_record is not None:
+                    on_record(offset, record)
                 writer.write(record)
                 count += 1
+                offset += framed_size(record)
         if target.is_local:
             os.replace(temporary, target.url)
         else:

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import posixpath
+import shutil
 import uuid
 from dataclasses import dataclass
 from typing import IO, Iterator
@@ -203,12 +204,16 @@ def remove_stale_temporaries(folder: StoragePath) -> int:
     if not folder.is_local or not os.path.isdir(folder.url):
         return 0
     removed = 0
-    for directory, _, files in os.walk(folder.url):
+    for directory, folders, files in os.walk(folder.url):
         for name in files:
             if name.startswith(".") and name.endswith(".tmp"):
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(os.path.join(directory, name))
                     removed += 1
+        for name in [f for f in folders if f.startswith("beam-temp-")]:  # Beam's text sink (dead letters)
+            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+            folders.remove(name)
+            removed += 1
     if removed:
         logger.info("removed %d temporary file(s) left by an interrupted run under %s", removed, folder)
     return removed

@@ -14,16 +14,13 @@
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import math
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
-from dpcore import sc_records
+from dpcore import sc_export, sc_records
 from dpcore.storage import StoragePath
 
 logger = logging.getLogger(__name__)
@@ -46,11 +43,12 @@ class ExportInfo:
 
     @classmethod
     def read(cls, folder: StoragePath) -> "ExportInfo":
-        manifest_path = folder / "manifest.json"
-        if not manifest_path.exists():
-            raise TrainingDataError(f"no complete single-cell export at {folder} (no manifest.json): "
-                                    f"run 'dpbeam ... export-sc' first")
-        manifest = json.loads(manifest_path.read_text())
+        """The export's description from its manifest alone (no cell index is read)."""
+        try:
+            manifest = sc_export.read_manifest(folder)
+        except sc_export.ExportNotFound as error:
+            raise TrainingDataError(str(error)) from error
+        manifest_path = folder / sc_export.MANIFEST_NAME
         if manifest.get("format") != "tfrecord":
             raise TrainingDataError(f"{folder} holds a {manifest.get('format')!r} export; train needs TFRecord "
                                     f"shards (export-sc without --format png)")
@@ -58,18 +56,18 @@ class ExportInfo:
             raise TrainingDataError(f"{folder} was written with record version {manifest.get('feature_spec_version')}"
                                     f"; this dpbeam reads version {sc_records.FEATURE_SPEC_VERSION}: re-export")
         shards = {split: [(folder / name).url for name in names] for split, names in manifest["shards"].items()}
+        present = {path.name: path for path in folder.glob("*.tfrecord*")}  # one listing, not one call per shard
         for split, files in shards.items():
             for file in files:
-                path = StoragePath(file)
-                if not path.exists():
+                path = present.get(StoragePath(file).name)
+                if path is None:
                     raise TrainingDataError(f"shard {file} listed in {manifest_path} is missing")
                 if path.size() == 0 and manifest["counts"].get(split, 0):
                     raise TrainingDataError(f"shard {file} is empty but the manifest counts cells in {split!r}")
-        index = pd.read_parquet(io.BytesIO((folder / "sc-metadata.parquet").read_bytes()),
-                                columns=["Label", "Split_Set"])
-        label_counts = {split: {int(k): int(v) for k, v in group["Label"].value_counts().items()}
-                        for split, group in index.groupby("Split_Set")}
-        return cls(folder=folder.url, labels=tuple(manifest["labels"]), box_size=int(manifest["box_size"]),
+        labels = tuple(manifest["labels"])
+        label_counts = {split: {labels.index(label): int(n) for label, n in per_label.items() if n}
+                        for split, per_label in manifest["counts_per_split_label"].items()}
+        return cls(folder=folder.url, labels=labels, box_size=int(manifest["box_size"]),
                    channels=len(manifest["channels"]), compression=manifest.get("compression", ""),
                    shards=shards, counts=manifest["counts"], label_counts=label_counts)
 

@@ -66,3 +66,19 @@ def prepared(tmp_path_factory) -> tuple[Path, str]:
     code, text = run_cli("--root", str(root), "--config", "bbbc022.json", "prepare")
     assert code == 0, text
     return root, text
+
+
+@pytest.fixture(scope="session")
+def exported(prepared, tmp_path_factory) -> tuple[Path, str]:
+    """The prepared example exported from its compressed PNGs into small (multi-shard) TFRecords
+    (``export-sc --shard-mb 10``; read-only for tests: copy before changing)."""
+    root = tmp_path_factory.mktemp("exported") / "project"
+    shutil.copytree(prepared[0], root)
+    code, text = run_cli("--root", str(root), "--config", "bbbc022.json", "export-sc", "--shard-mb", "10")
+    assert code == 0, text
+    return root, text
+
+
+def tree_bytes(folder: Path, pattern: str = "**/*") -> dict[str, bytes]:
+    """Every file below ``folder`` matching ``pattern``, by relative path (for byte-for-byte comparisons)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.glob(pattern)) if p.is_file()}

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +18,7 @@ from PIL import Image
 
 from dpcore import sc_records
 from tests import reference
-from tests.conftest import run_cli, write_config
+from tests.conftest import run_cli, tree_bytes, write_config
 
 pytestmark = pytest.mark.pipeline
 CHANNELS = ("DNA", "RNA", "ER", "AGP", "Mito")
@@ -46,20 +51,10 @@ def shard_bytes(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out.glob("*.tfrecord*"))}
 
 
-@pytest.fixture(scope="session")
-def exported(prepared, tmp_path_factory):
-    """The prepared example, exported from its compressed PNGs into small (multi-shard) TFRecords."""
-    root = tmp_path_factory.mktemp("exported") / "project"
-    shutil.copytree(prepared[0], root)
-    code, text = export(root, "--shard-mb", "10")
-    assert code == 0, text
-    return root, text
-
-
 def test_every_cell_inside_the_image_is_exported_exactly_once(exported):
     root, text = exported
     out = root / "outputs/single-cells"
-    index = pd.read_parquet(out / "sc-metadata.parquet")
+    index = pd.read_parquet(out / "sc-metadata")
     locations = {p.stem.replace("-Nuclei", ""): pd.read_csv(p) for p in (root / "inputs/locations/20585").glob("*.csv")}
     assert len(index) == sum(len(v) for v in locations.values()) == 808  # no BBBC022 centre lies outside
     keys = list(zip(index["Metadata_Well"], index["Metadata_Site"], index["Cell_Index"]))
@@ -103,7 +98,7 @@ def test_manifest_counts_and_picture(exported):
     root, _ = exported
     out = root / "outputs/single-cells"
     manifest = json.loads((out / "manifest.json").read_text())
-    index = pd.read_parquet(out / "sc-metadata.parquet")
+    index = pd.read_parquet(out / "sc-metadata")
     assert manifest["feature_spec_version"] == sc_records.FEATURE_SPEC_VERSION
     assert manifest["counts"]["training"] == int((index["Split_Set"] == "training").sum())
     assert sum(manifest["counts"].values()) == 808
@@ -124,16 +119,28 @@ def test_a_complete_export_is_kept_and_overwrite_replaces_it(exported, tmp_path)
     before = shard_bytes(out)
     code, text = export(root, "--shard-mb", "10")
     assert code == 0 and "already at" in text and "kept" in text
-    # An incomplete export (no manifest) is replaced, and the result is byte-identical.
+    # An interrupted export (no manifest; two shards never committed, one damaged after its commit)
+    # is resumed: only those three shards are written again, and the bytes are those of one clean run.
     (out / "manifest.json").unlink()
-    next(iter(out.glob("training-*"))).write_bytes(b"partial")
+    records = sorted((out / "_shards").glob("*.json"))
+    for record in records[:2]:
+        record.unlink()
+    damaged = out / json.loads(records[2].read_text())["shard"]
+    damaged.write_bytes(b"partial")
     code, text = export(root, "--shard-mb", "10")
-    assert code == 0 and "removing an incomplete export" in text
+    assert code == 0, text
+    assert f"resuming: {len(records) - 2} of {len(records)} shard(s) committed" in text
+    assert f"shards written this run: 3; committed earlier and kept: {len(records) - 3}" in text
     assert shard_bytes(out) == before
     code, text = export(root, "--shard-mb", "10", "--overwrite", "--direct_num_workers", "2",
                         "--direct_running_mode", "multi_processing")
     assert code == 0, text
+    assert "removing the earlier export" in text
     assert shard_bytes(out) == before, "two worker processes must write the same shards"
+    # Other settings (another shard size) mean another export: the partial one is not mixed in.
+    (out / "manifest.json").unlink()
+    code, text = export(root, "--shard-mb", "20")
+    assert code == 0 and "it was started with other settings" in text, text
 
 
 def test_bad_inputs_go_to_the_dead_letter_and_the_rest_completes(project, example_config_dict):
@@ -251,3 +258,32 @@ def test_a_corrupt_compressed_png_goes_to_the_dead_letter(prepared, tmp_path):
     manifest = json.loads((root / "outputs/single-cells/manifest.json").read_text())
     lost = len(pd.read_csv(root / "inputs/locations/20585/A13-2-Nuclei.csv"))
     assert sum(manifest["counts"].values()) == 808 - lost
+
+
+def test_a_killed_export_is_resumed_shard_by_shard(exported, tmp_path):
+    """SIGKILL after some shards committed: the re-run writes only the others, and the bytes of a clean run."""
+    root = tmp_path / "project"
+    shutil.copytree(exported[0], root)
+    out = root / "outputs/single-cells"
+    reference = tree_bytes(exported[0] / "outputs/single-cells")
+    shutil.rmtree(out)
+    command = [sys.executable, "-m", "beam_pipelines", "--root", str(root), "--config", "bbbc022.json",
+               "export-sc", "--shard-mb", "10"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    records = out / "_shards"
+    deadline = time.time() + 180
+    while time.time() < deadline and not (records.exists() and len(list(records.glob("*.json"))) >= 2):
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    committed = len(list(records.glob("*.json")))
+    total = len([name for name in reference if name.startswith("_shards/")])
+    assert not (out / "manifest.json").exists() and 2 <= committed < total, "killed too late to test resume"
+    code, text = export(root, "--shard-mb", "10")
+    assert code == 0, text
+    assert f"resuming: {committed} of {total} shard(s) committed by an earlier run" in text
+    assert f"shards written this run: {total - committed}; committed earlier and kept: {committed}" in text
+    assert not list(out.rglob("*.tmp")) and not list(out.rglob(".*.tmp*"))
+    ours = tree_bytes(out)
+    assert sorted(ours) == sorted(reference)
+    assert [name for name in ours if ours[name] != reference[name]] == []

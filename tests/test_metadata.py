@@ -70,3 +70,55 @@ def test_unreadable_index_is_a_clear_error(tmp_path):
     path = _write(tmp_path, "")
     with pytest.raises(MetadataError, match="cannot be parsed"):
         read_index(path)
+
+
+def _big_index(path, sites: int) -> None:
+    with open(path, "w") as handle:
+        handle.write("Metadata_Plate,Metadata_Well,Metadata_Site,DNA,RNA,Treatment,Split\n")
+        for n in range(sites):
+            plate, rest = divmod(n, 3456)
+            well, site = divmod(rest, 9)
+            handle.write(f"P{plate:04d},W{well:03d},{site + 1},images/p{plate}/w{well}_s{site}_dna.tif,"
+                         f"images/p{plate}/w{well}_s{site}_rna.tif,T{n % 300},{n % 2}\n")
+
+
+def _scan_peak_mb(path, config) -> tuple[float, object]:
+    import tracemalloc
+
+    from dpcore.metadata import scan_index
+    tracemalloc.start()
+    scan = scan_index(path, config, "export-sc", count_columns=("Treatment", "Split"), chunk_rows=4_000)
+    peak = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    return peak, scan
+
+
+def test_the_launchers_index_scan_does_not_grow_with_the_index(tmp_path, example_config_dict):
+    """What the launcher keeps of an index: counts, distinct labels/splits/plates, a 64-site sample."""
+    data = {**example_config_dict, "dataset": {**example_config_dict["dataset"],
+                                               "images": {**example_config_dict["dataset"]["images"],
+                                                          "channels": CHANNELS}}}
+    config = parse_config(data)
+    peaks = []
+    for sites in (12_000, 96_000):
+        path = tmp_path / f"index-{sites}.csv"
+        _big_index(path, sites)
+        peak, scan = _scan_peak_mb(path, config)
+        peaks.append(peak)
+        assert scan.sites == sites and len(scan.values["Treatment"]) == 300
+        assert scan.values["Split"] == {"0": sites // 2, "1": sites // 2}
+        assert len(scan.plates) == -(-sites // 3456) and len(scan.sampled_sites()) == 64
+    # Eight times the rows, the same chunk-sized peak (a whole-index read would be ~8x; 50,000-row chunks
+    # by default, 4,000 here to keep the test short).
+    assert peaks[1] < 1.3 * peaks[0], peaks
+
+
+def test_scan_refuses_blank_cells_with_their_lines(tmp_path, example_config_dict):
+    from dpcore.metadata import scan_index
+    data = {**example_config_dict, "dataset": {**example_config_dict["dataset"],
+                                               "images": {**example_config_dict["dataset"]["images"],
+                                                          "channels": CHANNELS}}}
+    path = _write(tmp_path, "Metadata_Plate,Metadata_Well,Metadata_Site,DNA,RNA,Treatment,Split\n"
+                            "P,A01,1,a.tif,b.tif,x,0\nP,A02,1,,d.tif,x,0\n")
+    with pytest.raises(MetadataError, match="line 3: empty value in column"):
+        scan_index(path, parse_config(data), "prepare")

@@ -105,7 +105,7 @@ def test_pictures_and_commit_marker_are_written(prepared):
     manifest = json.loads((plate_dir / "prepare.json").read_text())
     assert manifest["images_per_channel"] == 12 and manifest["settings"]["median_filter_size"] == 24
     assert not list(root.rglob("*.tmp")), "temporary files left behind"
-    assert not (root / "outputs/intensities/_failed").exists()
+    assert (root / "outputs/intensities/_failed/prepare-failures.jsonl").read_text() == ""  # nothing failed
 
 
 def test_rerun_skips_a_complete_plate(prepared):

@@ -1,4 +1,4 @@
-"""Other runners: Dataflow job graphs built locally (no cloud), and the portable runner.
+"""Other runners: Dataflow job graphs built locally (no cloud), and the portable runner in-process.
 
 A Dataflow dry run translates the whole pipeline and pickles every step, which
 is where packaging mistakes (an unpicklable DoFn, a missing import on workers)
@@ -8,6 +8,7 @@ show up, without credentials or network.
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 
 import apache_beam as beam
 import pytest
@@ -18,7 +19,6 @@ from beam_pipelines.prepare import PreparePlates, PrepareSettings
 from beam_pipelines.profile import ProfileSites
 from dpcore.config import load_config
 from dpcore.layout import ProjectLayout
-from dpcore.metadata import load_sites
 from dpcore.profiling import FeatureModelSpec
 from dpcore.single_cells import CellSource
 from tests.conftest import EXAMPLE, run_cli
@@ -42,13 +42,12 @@ def step_names(job) -> set[str]:
 @pytest.fixture(scope="module")
 def bucket_project():
     config = load_config(EXAMPLE / "inputs/config/bbbc022.json")
-    sites = load_sites(EXAMPLE / "inputs/metadata/index.csv", config, "export-sc")
     # Graph construction reads nothing under ROOT: a bucket that does not exist is fine.
-    return ProjectLayout.create("gs://dpbeam-test/project"), config, sites
+    return ProjectLayout.create("gs://dpbeam-test/project"), config
 
 
 def test_prepare_graph_builds_for_dataflow(bucket_project):
-    layout, config, _ = bucket_project
+    layout, config = bucket_project
     pipeline = dataflow_pipeline()
     _ = pipeline | "Prepare" >> PreparePlates(PrepareSettings.from_config(layout, config), str(layout.index_file),
                                               frozenset({"20585"}), {})
@@ -59,26 +58,45 @@ def test_prepare_graph_builds_for_dataflow(bucket_project):
     assert any(IMAGE.encode() in payload for payload in images)
 
 
+def _bucket_export_settings(bucket_project, shards: dict | None = None):
+    layout, config = bucket_project
+    # Planning scans the index and samples locations files: point it at the local copy, then build for the bucket.
+    local = plan(ProjectLayout.create(EXAMPLE), config, ProjectLayout.create(EXAMPLE).index_file, "tfrecord",
+                 "GZIP", 64)
+    export_plan = replace(local.plan, shards=shards) if shards else local.plan
+    return replace(local, source=CellSource.from_config(layout, config), plan=export_plan)
+
+
 def test_export_graph_builds_for_dataflow(bucket_project):
-    layout, config, sites = bucket_project
-    # Planning samples locations files; point it at the local copy, then build for the bucket.
-    local = plan(ProjectLayout.create(EXAMPLE), config, sites, "tfrecord", "GZIP", 64)
-    settings = type(local)(**{**local.__dict__, "source": CellSource.from_config(layout, config)})
+    layout, _ = bucket_project
     pipeline = dataflow_pipeline()
-    _ = pipeline | "ExportSingleCells" >> ExportSingleCells(settings, str(layout.index_file))
+    _ = pipeline | "ExportSingleCells" >> ExportSingleCells(_bucket_export_settings(bucket_project),
+                                                            str(layout.index_file))
     job = pipeline.run().job
     assert {"ExportSingleCells/KeyByShard", "ExportSingleCells/GroupByShard", "ExportSingleCells/WriteShards",
-            "ExportSingleCells/WriteIndexAndManifest"} <= step_names(job)
+            "ExportSingleCells/AddUpShards", "ExportSingleCells/WriteExportCommit"} <= step_names(job)
+
+
+def test_job_graphs_do_not_grow_with_the_screen(bucket_project):
+    """Dataflow refuses job graphs over ~10 MB: nothing per site or per shard may enter them."""
+    layout, _ = bucket_project
+    sizes = []
+    for shards in ({"training": 2, "validation": 1}, {"training": 2_000_000, "validation": 500_000}):
+        pipeline = dataflow_pipeline()
+        _ = pipeline | "ExportSingleCells" >> ExportSingleCells(_bucket_export_settings(bucket_project, shards),
+                                                                str(layout.index_file))
+        sizes.append(len(pipeline.run().job.proto_pipeline.SerializeToString()))
+    assert abs(sizes[1] - sizes[0]) < 100 and sizes[1] < 1_000_000, sizes
 
 
 def test_profile_graph_puts_inference_on_an_accelerator(bucket_project):
-    layout, config, _ = bucket_project
+    layout, config = bucket_project
     spec = FeatureModelSpec("efficientnet", 0, "block6a_activation", (128, 128, 5), num_classes=2,
                             checkpoint="gs://dpbeam-test/project/outputs/results/checkpoint/checkpoint_0003.hdf5")
     pipeline = dataflow_pipeline()
     _ = pipeline | "Profile" >> ProfileSites(CellSource.from_config(layout, config), spec, 32,
-                                             str(layout.index_file), frozenset(), layout.features_dir / "_failed.jsonl",
-                                             accelerator=ACCELERATOR)
+                                             str(layout.index_file), False, layout.features_dir / "_failed.jsonl",
+                                             {"model": "efficientnet"}, accelerator=ACCELERATOR)
     job = pipeline.run().job
     transforms = job.proto_pipeline.components.transforms.values()
     hinted = {t.unique_name for t in transforms

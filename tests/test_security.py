@@ -6,7 +6,6 @@ import json
 import re
 from pathlib import Path
 
-from tests.test_export_pipeline import exported  # noqa: F401 -- a session fixture shared with the export tests
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = sorted(p for folder in ("dpcore", "beam_pipelines") for p in (REPO / folder).rglob("*.py"))

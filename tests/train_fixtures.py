@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dpcore import sc_records
+from dpcore import sc_export, sc_records
 from dpcore.storage import StoragePath
 
 LABELS = ("disk", "ring", "stripes")
@@ -56,14 +56,19 @@ def write_synthetic_export(folder: Path, counts: dict[str, tuple[int, ...]], box
             rows.append({"Metadata_Plate": r.plate, "Metadata_Well": r.well, "Metadata_Site": r.site,
                          "Cell_Index": r.cell_index, "Label": r.label, "Split_Set": split, "Shard": name,
                          "Record": position})
-    buffer = io.BytesIO()
-    pd.DataFrame(rows).to_parquet(buffer, index=False)
-    (folder / "sc-metadata.parquet").write_bytes(buffer.getvalue())
+    (folder / sc_export.INDEX_DIR).mkdir(parents=True, exist_ok=True)
+    for split in counts:
+        buffer = io.BytesIO()
+        pd.DataFrame([r for r in rows if r["Split_Set"] == split]).to_parquet(buffer, index=False)
+        (folder / sc_export.INDEX_DIR / sc_export.index_part_name(split, 0)).write_bytes(buffer.getvalue())
+    per_split_label = {split: {LABELS[label]: n for label, n in enumerate(per_label)}
+                       for split, per_label in counts.items()}
     manifest = {"format": "tfrecord", "feature_spec_version": sc_records.FEATURE_SPEC_VERSION, "box_size": box,
                 "channels": [f"C{c}" for c in range(channels)], "compression": "", "labels": list(LABELS),
                 "counts": {split: sum(v) for split, v in counts.items()} | {"other": 0},
+                "counts_per_split_label": per_split_label | {"other": {}},
                 "shards": shards | {"other": []}}
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / sc_export.MANIFEST_NAME).write_text(json.dumps(manifest))
 
 
 def synthetic_config(epochs: int = 3, **model_overrides) -> dict:

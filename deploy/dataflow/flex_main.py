@@ -1,8 +1,11 @@
 """Flex Template entry point: template parameters become a dpbeam command line.
 
-Dataflow passes every parameter as ``--name=value``; ``command`` and the global
-options (``root``, ``config``, ``exp``, ``metadata``, ``single_cells``) are taken
-out and the rest (runner options Dataflow adds itself) is passed on to Beam.
+Dataflow passes every parameter as ``--name=value``; ``command``, the global
+options (``root``, ``config``, ``exp``, ``metadata``, ``single_cells``),
+``overwrite`` and ``inference_accelerator`` (profile: a GPU resource hint on the
+inference step) are taken out and the rest (runner options Dataflow adds
+itself) is passed on to Beam. The launcher never waits for the job: every
+dpbeam pipeline commits its own outputs.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ def to_dpbeam_argv(argv: list[str]) -> list[str]:
     values, rest = {}, []
     for argument in argv:
         name, _, value = argument.lstrip("-").partition("=")
-        if name in GLOBAL + ("command", "overwrite"):
+        if name in GLOBAL + ("command", "overwrite", "inference_accelerator"):
             values[name] = value
         else:
             rest.append(argument)
@@ -31,6 +34,10 @@ def to_dpbeam_argv(argv: list[str]) -> list[str]:
     command.append(values["command"])
     if values.get("overwrite", "false").lower() == "true":
         command.append("--overwrite")
+    if values.get("inference_accelerator"):
+        if values["command"] != "profile":
+            raise SystemExit("inference_accelerator applies to the profile command only")
+        command += ["--inference-accelerator", values["inference_accelerator"]]
     return command + rest
 
 

@@ -8,7 +8,9 @@ failed night is simply retried. (export-sc builds training sets; it is not part
 of routine profiling.)
 
 Copy this file into your Airflow ``dags/`` folder and set the Airflow variables
-``dpbeam_root``, ``dpbeam_project``, ``dpbeam_region``, ``dpbeam_image``.
+``dpbeam_root``, ``dpbeam_project``, ``dpbeam_region``, ``dpbeam_image`` (the CPU
+worker image, deploy/docker/Dockerfile) and ``dpbeam_gpu_image`` (the GPU one,
+deploy/docker/Dockerfile.gpu, for profile's inference).
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from airflow.operators.bash import BashOperator
 
 DATAFLOW = (
     "--runner DataflowRunner --project {{ var.value.dpbeam_project }} --region {{ var.value.dpbeam_region }} "
-    "--temp_location {{ var.value.dpbeam_root }}/tmp --sdk_container_image {{ var.value.dpbeam_image }} "
-    "--experiments use_runner_v2"
+    "--temp_location {{ var.value.dpbeam_root }}/tmp --experiments use_runner_v2"
 )
+CPU_IMAGE = "--sdk_container_image {{ var.value.dpbeam_image }}"
+GPU_IMAGE = "--sdk_container_image {{ var.value.dpbeam_gpu_image }}"
 COMMON = "python -m beam_pipelines --root {{ var.value.dpbeam_root }} --config screen.json --metadata index.csv"
 
 with DAG(
@@ -35,10 +38,10 @@ with DAG(
     tags=["cell-painting", "dpbeam"],
 ) as dag:
     validate = BashOperator(task_id="validate", bash_command=f"{COMMON} validate")
-    prepare = BashOperator(task_id="prepare", bash_command=f"{COMMON} prepare {DATAFLOW}")
+    prepare = BashOperator(task_id="prepare", bash_command=f"{COMMON} prepare {DATAFLOW} {CPU_IMAGE}")
     profile = BashOperator(
         task_id="profile",
-        bash_command=f"{COMMON} profile {DATAFLOW} "
+        bash_command=f"{COMMON} profile {DATAFLOW} {GPU_IMAGE} "
                      "--inference-accelerator 'type:nvidia-tesla-t4;count:1;install-nvidia-driver'",
     )
     validate >> prepare >> profile

@@ -1,0 +1,165 @@
+"""prepare, export-sc and profile on Beam's portable runner, launched without waiting.
+
+The job server (Beam's local job service) and an external worker pool run as
+separate processes, started here; each pipeline runs on two SDK worker
+processes spawned by the pool (``--environment_type EXTERNAL``), the Fn API
+path Flink and Dataflow Runner v2 use. Every command is launched with
+``--detach`` from a process that exits as soon as the job is accepted, as a
+Flex Template launcher or a scheduler would: the outputs must then commit
+themselves, and equal the DirectRunner's byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EXAMPLE, run_cli, tree_bytes, write_config
+
+pytestmark = pytest.mark.pipeline
+COMMIT_TIMEOUT_S = 240
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout_s: float = 60) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"service exited early: {log.read_text()[-2000:]}")
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"port {port} not open after {timeout_s} s: {log.read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="module")
+def portable(tmp_path_factory) -> list[str]:
+    """A job server and an external SDK worker pool, as two processes; the Beam options to use them."""
+    folder = tmp_path_factory.mktemp("portable")
+    job_port, pool_port = _free_port(), _free_port()
+    started = []
+    for name, argv, port in (
+            ("job-server", ["-m", "apache_beam.runners.portability.local_job_service_main", "--port", str(job_port)],
+             job_port),
+            ("worker-pool", ["-m", "apache_beam.runners.worker.worker_pool_main", "--service_port", str(pool_port)],
+             pool_port)):
+        log = folder / f"{name}.log"
+        # The pool starts SDK workers as `python` from PATH: this interpreter's. Workers start in an
+        # empty folder: nothing may depend on the launcher's working directory.
+        env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+        process = subprocess.Popen([sys.executable, *argv], cwd=folder, stdout=log.open("w"),
+                                   stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        started.append(process)
+        _wait_for_port(port, process, log)
+    Services.logs = [folder / "job-server.log", folder / "worker-pool.log"]
+    yield ["--runner", "PortableRunner", "--job_endpoint", f"localhost:{job_port}",
+           "--environment_type", "EXTERNAL", "--environment_config", f"localhost:{pool_port}",
+           "--direct_num_workers", "2"]
+    for process in started:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def launch_detached(root: Path, config: str, command: str, options: list[str], *extra: str) -> float:
+    """Run ``dpbeam ... COMMAND --detach`` in its own process; return when that process has exited."""
+    started = time.time()
+    done = subprocess.run(
+        [sys.executable, "-m", "beam_pipelines", "--root", str(root), "--config", config, command, "--detach",
+         *extra, *options], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "submitted" in done.stdout and "commits its own outputs" in done.stdout, done.stdout
+    return time.time() - started
+
+
+class Services:
+    logs: list[Path] = []
+
+
+def wait_for(path: Path, timeout_s: float = COMMIT_TIMEOUT_S) -> None:
+    """Wait for the pipeline's own commit; fail at once if the job server or a worker reports an error."""
+    deadline = time.time() + timeout_s
+    while not path.exists():
+        for log in Services.logs:
+            text = log.read_text()
+            assert "Traceback" not in text and "Error running pipeline" not in text, f"{log.name}:\n{text[-3000:]}"
+        assert time.time() < deadline, f"{path} was never committed"
+        time.sleep(0.5)
+
+
+def test_prepare_detached_on_external_workers_commits_and_matches(portable, prepared, tmp_path):
+    root = tmp_path / "project"
+    shutil.copytree(EXAMPLE, root)
+    launch_detached(root, "bbbc022.json", "prepare", portable)
+    wait_for(root / "outputs/intensities/20585/prepare.json")
+    reference = prepared[0] / "outputs"
+    assert tree_bytes(root / "outputs/compressed") == tree_bytes(reference / "compressed")
+    assert ((root / "outputs/intensities/20585/prepare.json").read_bytes()
+            == (reference / "intensities/20585/prepare.json").read_bytes())
+    import numpy as np
+    with np.load(root / "outputs/intensities/20585/20585.npz", allow_pickle=False) as ours, \
+            np.load(reference / "intensities/20585/20585.npz", allow_pickle=False) as theirs:
+        assert sorted(ours.files) == sorted(theirs.files)
+        for key in theirs.files:
+            assert np.array_equal(ours[key], theirs[key]), key
+
+
+def test_export_detached_on_external_workers_commits_and_matches(portable, exported, tmp_path):
+    root = tmp_path / "project"
+    shutil.copytree(exported[0], root)
+    shutil.rmtree(root / "outputs/single-cells")
+    launch_detached(root, "bbbc022.json", "export-sc", portable, "--shard-mb", "10")
+    wait_for(root / "outputs/single-cells/manifest.json")
+    ours, theirs = tree_bytes(root / "outputs/single-cells"), tree_bytes(exported[0] / "outputs/single-cells")
+    ours.pop("_failed/export-failures.jsonl", None), theirs.pop("_failed/export-failures.jsonl", None)
+    assert sorted(ours) == sorted(theirs)
+    assert [name for name in ours if ours[name] != theirs[name]] == []
+
+
+def test_profile_detached_on_external_workers_commits_and_matches(portable, prepared, tmp_path,
+                                                                  example_config_dict):
+    import keras
+
+    from dpcore import models
+    from dpcore.checkpoints import save_weights
+    from dpcore.storage import StoragePath
+
+    roots = []
+    for name in ("direct", "portable"):
+        root = tmp_path / name
+        shutil.copytree(prepared[0], root)
+        data = json.loads(json.dumps(example_config_dict))
+        data["dataset"]["locations"]["box_size"] = 64
+        data["train"]["model"].update({"name": "cnn"})
+        data["train"]["model"]["params"]["conv_blocks"] = 3
+        data["profile"].update({"feature_layer": "pool5", "checkpoint": "cnn.hdf5", "batch_size": 32})
+        keras.utils.set_random_seed(11)
+        save_weights(models.classifier("cnn", (64, 64, 5), 2, conv_blocks=3),
+                     StoragePath(str(root / "outputs/results/checkpoint/cnn.hdf5")))
+        roots.append((root, write_config(root, data)))
+    (direct, config), (detached, _) = roots
+    code, text = run_cli("--root", str(direct), "--config", config, "profile")
+    assert code == 0, text
+    launch_detached(detached, config, "profile", portable)
+    wait_for(detached / "outputs/results/features/_runs/index.json")
+    ours = tree_bytes(detached / "outputs/results/features", "*/*.parquet")
+    theirs = tree_bytes(direct / "outputs/results/features", "*/*.parquet")
+    assert len(theirs) == 12 and sorted(ours) == sorted(theirs)
+    # Fixed-shape inference batches: a cell's features do not depend on how cells were batched.
+    assert [name for name in ours if ours[name] != theirs[name]] == []
+    record = json.loads((detached / "outputs/results/features/_runs/index.json").read_text())
+    assert record["sites_written"] == 12 and record["cells_profiled"] == 808

@@ -1,0 +1,148 @@
+"""The transform tier: pipeline steps on a few records with TestPipeline, assert_that and a fake model.
+
+Seconds each, no real network: most pipeline logic (index reading and
+de-duplication, per-plate resume, the feature join, the export's totals) is
+checked here; the end-to-end tests keep the real models and images.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import apache_beam as beam
+import numpy as np
+import pandas as pd
+import pytest
+from apache_beam.ml.inference.base import ModelHandler
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from beam_pipelines.index import ReadSites
+from beam_pipelines.profile import ProfileSites
+from dpcore import features
+from dpcore.config import parse_config
+from dpcore.layout import ProjectLayout
+from dpcore.profiling import FeatureModelSpec
+from dpcore.sc_export import ExportTotals, ShardRecord
+from dpcore.single_cells import CellSource
+from tests import reference
+from tests.conftest import EXAMPLE
+
+CHANNELS = ("DNA", "RNA", "ER", "AGP", "Mito")
+
+
+def _index(tmp_path: Path, rows: list[list[str]]) -> str:
+    path = tmp_path / "index.csv"
+    header = ["Metadata_Plate", "Metadata_Well", "Metadata_Site", *CHANNELS, "Treatment"]
+    pd.DataFrame(rows, columns=header).to_csv(path, index=False)
+    return str(path)
+
+
+def test_read_sites_keeps_the_first_line_of_a_duplicate_and_reports_the_others(tmp_path):
+    files = ["a.tif"] * 5
+    path = _index(tmp_path, [["P", "A01", "1", *files, "x"], ["P", "A01", "2", *files, "y"],
+                             ["P", "A01", "1", *files, "z"], ["P", "A02", "", *files, "w"]])
+    with TestPipeline() as pipeline:
+        read = pipeline | ReadSites(path, CHANNELS)
+        assert_that(read["sites"] | beam.Map(lambda s: (s.key, s.value("Treatment"), s.row)),
+                    equal_to([("P/A01-1", "x", 0), ("P/A01-2", "y", 1)]), label="Sites")
+        assert_that(read["failed"] | beam.Map(lambda f: (f["item"], f["reason"])), equal_to([
+            ("P/A01-1", "index line 4 duplicates line 2 (site P/A01-1); the first line is used"),
+            (path, "line 5: empty value in column(s) Metadata_Site")]), label="Failures")
+
+
+class MeanPerChannel(ModelHandler):
+    """A fake model: a cell's 'features' are its crop's mean per channel."""
+
+    def load_model(self):
+        return None
+
+    def run_inference(self, batch: Sequence[np.ndarray], model, inference_args=None) -> Iterable[np.ndarray]:
+        return [crop.mean(axis=(0, 1)) for crop in batch]
+
+
+@pytest.fixture()
+def two_sites(tmp_path, example_config_dict):
+    root = tmp_path / "project"
+    shutil.copytree(EXAMPLE, root)
+    index = pd.read_csv(root / "inputs/metadata/index.csv", dtype=str, keep_default_na=False)
+    index = index[index["Metadata_Site"].isin(["1"])]
+    index.to_csv(root / "inputs/metadata/index.csv", index=False)
+    data = json.loads(json.dumps(example_config_dict))
+    data["prepare"]["compression"]["implement"] = False
+    data["dataset"]["locations"]["box_size"] = 32
+    config = parse_config(data)
+    layout = ProjectLayout.create(root)
+    return root, layout, CellSource.from_config(layout, config)
+
+
+def _profile(layout: ProjectLayout, source: CellSource, overwrite: bool = False) -> list:
+    spec = FeatureModelSpec("fake", 0, "none", (32, 32, 5))
+    with TestPipeline() as pipeline:
+        out = pipeline | ProfileSites(source, spec, 7, str(layout.index_file), overwrite,
+                                      layout.features_dir / "_failed/test.jsonl", {"model": "fake"},
+                                      model_handler=MeanPerChannel())
+        assert_that(out | beam.Map(lambda record: record["index"]), equal_to([str(layout.index_file)]))
+    return [json.loads((layout.features_dir / "_runs/index.json").read_text())]
+
+
+def test_profile_joins_each_cells_vector_to_its_site_and_commits_a_run_record(two_sites):
+    root, layout, source = two_sites
+    (record,) = _profile(layout, source)
+    assert record["sites_written"] == 2 and record["sites_committed_earlier"] == 0
+    for well in ("A01", "A13"):
+        frame = pd.read_parquet(root / f"outputs/results/features/20585/{well}-1.parquet")
+        centres = pd.read_csv(root / f"inputs/locations/20585/{well}-1-Nuclei.csv").to_numpy()
+        assert list(frame["Metadata_Cell_Index"]) == list(range(len(centres)))
+        row = pd.read_csv(root / "inputs/metadata/index.csv", dtype=str).set_index("Metadata_Well").loc[well]
+        import tifffile  # noqa: PLC0415
+        image = np.stack([tifffile.imread(root / "inputs/images" / row[c]) for c in CHANNELS], axis=-1)
+        for cell in (0, len(centres) // 2, len(centres) - 1):
+            expected = reference.crop_cell(image.astype(np.float64), *centres[cell], 32).mean(axis=(0, 1))
+            got = frame.loc[frame["Metadata_Cell_Index"] == cell, [f"fake_{i}" for i in range(5)]].to_numpy()[0]
+            np.testing.assert_allclose(got, expected, atol=2e-6)
+    manifest = json.loads((root / "outputs/results/features/_manifest.json").read_text())
+    assert manifest == {"model": "fake"}
+    assert json.loads((root / "outputs/results/features/_runs/index.json").read_text()) == record
+
+
+def test_profile_resume_is_decided_per_plate_on_the_workers(two_sites):
+    root, layout, source = two_sites
+    _profile(layout, source)
+    kept = root / "outputs/results/features/20585/A01-1.parquet"
+    before = kept.read_bytes()
+    (root / "outputs/results/features/20585/A13-1.parquet").unlink()
+    (record,) = _profile(layout, source)
+    assert (record["sites_written"], record["sites_committed_earlier"], record["sites_committed"]) == (1, 1, 2)
+    assert kept.read_bytes() == before
+    assert features.committed_in_plate(layout.features_dir, "20585") == {"20585/A01-1", "20585/A13-1"}
+    (record,) = _profile(layout, source, overwrite=True)
+    assert (record["sites_written"], record["sites_committed_earlier"]) == (2, 0)
+
+
+def _record(split: str, index: int, cells: dict, missing: list[str], samples: list) -> ShardRecord:
+    return ShardRecord(split=split, index=index, shard=f"{split}-{index}", sites=2, cells=sum(cells.values()),
+                       cells_per_label=cells, skipped={"outside": 1, "nan": 0}, sites_without_locations=missing,
+                       failures=[{"stage": "images", "item": "x", "reason": "y"}], samples=samples)
+
+
+def test_export_totals_are_the_same_in_any_order_and_stay_bounded():
+    labels = ("a", "b")
+    records = [_record("training", i, {"a": i, "b": 2 * i}, [f"P/A0{i}-1"],
+                       [(0.1 * i, "a", [i, 10 * i]), (0.05 * i + 0.01, "b", [i, 0])]) for i in range(1, 12)]
+    records.append(_record("validation", 0, {"a": 5}, [], []))
+    forward = ExportTotals()
+    for record in records:
+        forward.add(record, labels)
+    halves = [ExportTotals(), ExportTotals()]
+    for n, record in enumerate(reversed(records)):
+        halves[n % 2].add(record, labels)
+    merged = ExportTotals().merge(halves[1], labels).merge(halves[0], labels)
+    assert forward == merged
+    assert forward.counts == {"training": sum(3 * i for i in range(1, 12)), "validation": 5, "other": 0}
+    assert forward.sites_without_locations_count == 11 and forward.failures == 12
+    assert len([s for s in forward.samples if s[1] == "a"]) == 8, "8 montage samples per label, no more"
+    assert forward.samples[0] == (0.1, "a", "training", 1, [1, 10])
