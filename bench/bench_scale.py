@@ -10,9 +10,11 @@ runs it -- the ``dpbeam`` command in its own process, on the DirectRunner with t
 worker processes -- and a sampler reads the resident memory of the launcher and
 of every worker process four times a second from ``/proc``.
 
-Profile uses a small ``cnn`` (conv_blocks 3, box 64) with a seeded checkpoint:
-this benchmark is about what grows with the screen (index reading, shuffles,
-commits), not about the network's speed (``bench_profile.py`` measures that).
+The config is the example's (box 128, compression on: export-sc and profile read
+the compressed PNGs), except that profile uses a small ``cnn`` (conv_blocks 3)
+with a seeded checkpoint: this benchmark is about what grows with the screen
+(index reading, shuffles, commits) and about the CPU work around the network,
+not about the network's speed (``bench_profile.py`` measures that).
 
 Printed per stage and scale: wall time, sites/s, marginal sites/s between the
 two largest scales (start-up excluded), peak RSS of the launcher and of the
@@ -65,7 +67,6 @@ def replicate(target: Path, copies: int) -> tuple[int, int]:
     (inputs / "metadata").mkdir(parents=True)
     pd.concat(frames).to_csv(inputs / "metadata/index.csv", index=False)
     config = json.loads((inputs / "config/bbbc022.json").read_text())
-    config["dataset"]["locations"]["box_size"] = 64
     config["train"]["model"].update({"name": "cnn"})
     config["train"]["model"]["params"]["conv_blocks"] = 3
     config["profile"].update({"feature_layer": "pool5", "checkpoint": "cnn.hdf5", "batch_size": 64})
@@ -77,7 +78,7 @@ def replicate(target: Path, copies: int) -> tuple[int, int]:
 def _write_checkpoint(path: Path) -> None:
     code = ("import keras, sys; from dpcore import models; from dpcore.checkpoints import save_weights;"
             "from dpcore.storage import StoragePath; keras.utils.set_random_seed(7);"
-            "save_weights(models.classifier('cnn', (64, 64, 5), 2, conv_blocks=3), StoragePath(sys.argv[1]))")
+            "save_weights(models.classifier('cnn', (128, 128, 5), 2, conv_blocks=3), StoragePath(sys.argv[1]))")
     subprocess.run([sys.executable, "-c", code, str(path)], check=True, capture_output=True)
 
 
@@ -125,21 +126,58 @@ class MemorySampler(threading.Thread):
             time.sleep(self.interval_s)
 
 
-def run_stage(root: Path, stage: str) -> dict:
+class PortableServices:
+    """Beam's job server and an external worker pool as two processes, as tests/test_portable_runner.py starts
+    them: the launcher is then only the dpbeam command, the job server holds the data between stages (what
+    Dataflow's shuffle service does), and the SDK workers are the pool's child processes."""
+
+    def __init__(self, folder: Path):
+        import socket  # noqa: PLC0415
+        ports = []
+        for _ in range(2):
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                ports.append(probe.getsockname()[1])
+        env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+        self.job_server = subprocess.Popen(
+            [sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main", "--port", str(ports[0])],
+            cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        self.pool = subprocess.Popen(
+            [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", "--service_port", str(ports[1])],
+            cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        time.sleep(8)
+        self.options = ["--runner", "PortableRunner", "--job_endpoint", f"localhost:{ports[0]}",
+                        "--environment_type", "EXTERNAL", "--environment_config", f"localhost:{ports[1]}",
+                        "--direct_num_workers", "2"]
+
+    def close(self) -> None:
+        for process in (self.job_server, self.pool):
+            process.kill()
+            process.wait()
+
+
+def run_stage(root: Path, stage: str, services: PortableServices | None = None) -> dict:
+    options = services.options if services else TWO_WORKERS
     command = [sys.executable, "-m", "beam_pipelines", "--root", str(root), "--config", "scale.json", stage,
-               *TWO_WORKERS]
+               *options]
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     sampler = MemorySampler(process.pid)
-    sampler.start()
+    extra = [MemorySampler(services.job_server.pid), MemorySampler(services.pool.pid)] if services else []
+    for each in [sampler, *extra]:
+        each.start()
     output, _ = process.communicate()
     wall = time.perf_counter() - started
-    sampler.done.set()
-    sampler.join()
+    for each in [sampler, *extra]:
+        each.done.set()
+        each.join()
     if process.returncode != 0:
         raise SystemExit(f"{stage} failed:\n{output[-3000:]}")
-    return {"wall_s": wall, "launcher_mb": sampler.launcher_mb,
-            "worker_mb": max(sampler.workers_mb.values(), default=0.0)}
+    result = {"wall_s": wall, "launcher_mb": sampler.launcher_mb,
+              "worker_mb": max(sampler.workers_mb.values(), default=0.0)}
+    if services:  # the launcher has no worker children there; the pool's children are the SDK workers
+        result.update({"runner_mb": extra[0].launcher_mb, "worker_mb": max(extra[1].workers_mb.values(), default=0.0)})
+    return result
 
 
 def main() -> None:
@@ -147,25 +185,40 @@ def main() -> None:
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES,
                         help="stages to time (each needs the ones before it: they are run untimed)")
+    parser.add_argument("--portable", action="store_true",
+                        help="run on Beam's portable runner (job server + external worker pool) instead of the "
+                             "DirectRunner, to tell the launcher from the runner's in-memory shuffle")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     rows = []
+    services_dir = Path(tempfile.mkdtemp())
+    services = PortableServices(services_dir) if args.portable else None
+    try:
+        _run_scales(args, rows, services)
+    finally:
+        if services:
+            services.close()
+        shutil.rmtree(services_dir, ignore_errors=True)
+    _report(rows, sorted(args.scales), [s for s in STAGES if s in args.stages])
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+def _run_scales(args, rows: list, services) -> None:
     for scale in sorted(args.scales):
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp) / "project"
             sites, cells = replicate(root, scale)
             print(f"{scale}x: {sites} sites, {cells} cells", flush=True)
             for stage in STAGES[: max(STAGES.index(s) for s in args.stages) + 1]:
-                result = run_stage(root, stage)
+                result = run_stage(root, stage, services)
                 if stage not in args.stages:
                     continue
                 rows.append({"scale": scale, "sites": sites, "cells": cells, "stage": stage, **result})
+                runner = f"  job server {result['runner_mb']:5.0f} MB" if "runner_mb" in result else ""
                 print(f"  {stage:<10} {result['wall_s']:7.1f} s  {sites / result['wall_s']:6.2f} sites/s  "
-                      f"launcher {result['launcher_mb']:5.0f} MB  largest worker {result['worker_mb']:5.0f} MB",
+                      f"launcher {result['launcher_mb']:5.0f} MB{runner}  largest worker {result['worker_mb']:5.0f} MB",
                       flush=True)
-    _report(rows, sorted(args.scales), [s for s in STAGES if s in args.stages])
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
 
 
 def _report(rows: list[dict], scales: list[int], stages: list[str]) -> None:
