@@ -1,6 +1,6 @@
 """Does a stage's cost per site stay flat, and its memory bounded, as the screen grows?
 
-    .venv/bin/python bench/bench_scale.py                    # 1x, 8x, 32x (about 25 minutes on 2 cores)
+    .venv/bin/python bench/bench_scale.py                    # 1x, 8x, 32x (about 20 minutes on 2 cores)
     .venv/bin/python bench/bench_scale.py --scales 1 4       # a quick look
 
 The real BBBC022 plate (18 sites, 5 channels, 696x520; ``../shared/data/bbbc022``
