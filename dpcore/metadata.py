@@ -221,8 +221,6 @@ def scan_index(path: "StoragePath | str", config: Config, command: str, sample_s
         more = f"\n  ... and {scan.problem_count - 20} more" if scan.problem_count > 20 else ""
         raise MetadataError(f"index {path} has {scan.problem_count} bad row(s):\n  " + "\n  ".join(scan.problems)
                             + more)
-    if not checked:
-        raise MetadataError(f"index {path} has no rows")
     if not scan.sites:
         raise MetadataError(f"index {path} has no rows")
     return scan

@@ -173,22 +173,19 @@ class ExportTotals:
     failures: int = 0
     samples: list = field(default_factory=list)  # (fraction, label, split, index, where)
 
+    @classmethod
+    def of_shard(cls, record: ShardRecord) -> "ExportTotals":
+        """One shard's record as totals (its samples located by split and shard)."""
+        return cls(shards=1, sites=record.sites, counts={split: 0 for split in SPLITS} | {record.split: record.cells},
+                   counts_per_split_label={record.split: dict(record.cells_per_label)},
+                   skipped={k: record.skipped.get(k, 0) for k in ("outside", "nan")},
+                   sites_without_locations=sorted(record.sites_without_locations)[:LISTED_SITES],
+                   sites_without_locations_count=len(record.sites_without_locations),
+                   failures=len(record.failures),
+                   samples=[(f, label, record.split, record.index, where) for f, label, where in record.samples])
+
     def add(self, record: ShardRecord, montage_labels: tuple[str, ...]) -> "ExportTotals":
-        self.shards += 1
-        self.sites += record.sites
-        self.counts[record.split] = self.counts.get(record.split, 0) + record.cells
-        per_label = self.counts_per_split_label.setdefault(record.split, {})
-        for label, n in record.cells_per_label.items():
-            per_label[label] = per_label.get(label, 0) + n
-        for key in ("outside", "nan"):
-            self.skipped[key] += record.skipped.get(key, 0)
-        self.sites_without_locations = sorted(self.sites_without_locations + record.sites_without_locations
-                                              )[:LISTED_SITES]
-        self.sites_without_locations_count += len(record.sites_without_locations)
-        self.failures += len(record.failures)
-        located = [(f, label, record.split, record.index, where) for f, label, where in record.samples]
-        self.samples = smallest_per_label(self.samples + located, montage_labels)
-        return self
+        return self.merge(ExportTotals.of_shard(record), montage_labels)
 
     def merge(self, other: "ExportTotals", montage_labels: tuple[str, ...]) -> "ExportTotals":
         self.shards += other.shards
