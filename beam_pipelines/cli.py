@@ -95,6 +95,12 @@ def main(argv: Sequence[str] | None = None, *, emit: Callable[[str], None] = _em
         if leftovers and not spec.uses_beam:
             raise UsageError(f"unrecognised argument(s) for {spec.name!r}: {' '.join(leftovers)} "
                              f"(this command runs no Beam pipeline)")
+        if getattr(args, "detach", False):
+            # Refuse a detach that would lose the job before anything is read or written.
+            from apache_beam.options.pipeline_options import PipelineOptions
+
+            from beam_pipelines.running import engine_handoff
+            engine_handoff(PipelineOptions(list(leftovers)), spec.name)
         layout = ProjectLayout.create(args.root, experiment=args.exp, single_cells=args.single_cells,
                                       metadata_file=args.metadata)
         context = CommandContext(layout=layout, config_name=args.config, gpu=args.gpu,

@@ -47,7 +47,7 @@ from dpcore.locking import output_lock
 from dpcore.metadata import Site, scan_index
 from dpcore.sc_export import ExportPlan, ExportTotals, ShardRecord
 from dpcore.single_cells import CellSource, stable_fraction
-from dpcore.storage import StoragePath
+from dpcore.storage import StoragePath, remove_stale_temporaries
 
 from beam_pipelines.context import CommandContext
 from beam_pipelines.dead_letter import WriteDeadLetters, failure, read_failures, report_failures
@@ -325,6 +325,9 @@ class WriteExportCommit(beam.DoFn):
             logger.info("%d cells: no %s (above %d cells); read %s", cells, sc_export.INDEX_CSV,
                         sc_export.CSV_MAX_CELLS, s.out / sc_export.INDEX_DIR)
         manifest = sc_export.manifest_from(s.plan, totals, index_csv=write_csv)
+        # Every shard is committed (this step follows them all): a temporary file left in the export now is
+        # from an attempt the runner abandoned (a killed worker's half-written shard), so it goes.
+        remove_stale_temporaries(s.out, beam_sink_folders=False)
         (s.out / sc_export.MANIFEST_NAME).write_text(_json(manifest))  # the export is committed here
         inc_counter(NAMESPACE, "exports_committed")
         yield str(s.out / sc_export.MANIFEST_NAME)

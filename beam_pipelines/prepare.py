@@ -257,6 +257,10 @@ class FinalizePlate(beam.DoFn):
             write_statistics(StoragePath(path), stats)
         manifest = {"plate": plate, "images_per_channel": stats.image_count, "compressed": s.compress,
                     "settings": s.fingerprint}
+        # Every PNG of the plate is written (this step follows them all): a temporary file left in the
+        # plate's folders now is from an attempt the runner abandoned (a lost worker), so it goes.
+        remove_stale_temporaries(s.layout.compressed_images_dir / plate, beam_sink_folders=False)
+        remove_stale_temporaries(s.plate_dir(plate), beam_sink_folders=False)
         s.manifest(plate).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         inc_counter(NAMESPACE, "plates_committed")
         yield plate

@@ -195,11 +195,14 @@ class StoragePath:
         self.write_bytes(text.encode(encoding))
 
 
-def remove_stale_temporaries(folder: StoragePath) -> int:
-    """Delete ``.*.tmp`` files that interrupted atomic writes left under a local folder.
+def remove_stale_temporaries(folder: StoragePath, *, beam_sink_folders: bool = True) -> int:
+    """Delete ``.*.tmp`` files that interrupted atomic writes left under a local folder, and (unless
+    ``beam_sink_folders`` is False) the ``beam-temp-*`` folders of Beam's file sinks.
 
-    Call only while holding the folder's lock (dpcore.locking): then no live
-    writer owns them. Object stores never get such files (uploads are atomic).
+    Call only where no live writer owns them: holding the folder's lock (dpcore.locking) before a run,
+    or from a pipeline's commit step once every file it commits is written (then Beam's own sinks in
+    the same pipeline may still be finalizing: pass ``beam_sink_folders=False``). Object stores never
+    get such files (uploads are atomic).
     """
     if not folder.is_local or not os.path.isdir(folder.url):
         return 0
@@ -210,7 +213,7 @@ def remove_stale_temporaries(folder: StoragePath) -> int:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(os.path.join(directory, name))
                     removed += 1
-        for name in [f for f in folders if f.startswith("beam-temp-")]:  # Beam's text sink (dead letters)
+        for name in [f for f in folders if beam_sink_folders and f.startswith("beam-temp-")]:  # dead letters
             shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
             folders.remove(name)
             removed += 1

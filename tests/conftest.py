@@ -82,3 +82,59 @@ def exported(prepared, tmp_path_factory) -> tuple[Path, str]:
 def tree_bytes(folder: Path, pattern: str = "**/*") -> dict[str, bytes]:
     """Every file below ``folder`` matching ``pattern``, by relative path (for byte-for-byte comparisons)."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.glob(pattern)) if p.is_file()}
+
+
+def cnn_profile_project(prepared_root: Path, root: Path, config_dict: dict) -> tuple[Path, str]:
+    """A copy of the prepared example set up to profile with a small seeded ``cnn`` (64-pixel crops,
+    pool5 features): seconds per run, for tests of where and how ``profile`` runs, not of a network.
+    Returns the project root and its config name; the same call always writes the same weights."""
+    import keras
+
+    from dpcore import models
+    from dpcore.checkpoints import save_weights
+    from dpcore.storage import StoragePath
+
+    shutil.copytree(prepared_root, root)
+    data = json.loads(json.dumps(config_dict))
+    data["dataset"]["locations"]["box_size"] = 64
+    data["train"]["model"].update({"name": "cnn"})
+    data["train"]["model"]["params"]["conv_blocks"] = 3
+    data["profile"].update({"feature_layer": "pool5", "checkpoint": "cnn.hdf5", "batch_size": 32})
+    keras.utils.set_random_seed(11)
+    save_weights(models.classifier("cnn", (64, 64, 5), 2, conv_blocks=3),
+                 StoragePath(str(root / "outputs/results/checkpoint/cnn.hdf5")))
+    return root, write_config(root, data)
+
+
+def assert_same_prepare(ours: Path, reference: Path) -> None:
+    """prepare's outputs equal byte for byte: compressed PNGs, prepare.json, and every array of the npz."""
+    import numpy as np
+
+    assert tree_bytes(ours / "outputs/compressed") == tree_bytes(reference / "outputs/compressed")
+    summary = "outputs/intensities/20585/prepare.json"
+    assert (ours / summary).read_bytes() == (reference / summary).read_bytes()
+    functions = "outputs/intensities/20585/20585.npz"
+    with np.load(ours / functions, allow_pickle=False) as mine, \
+            np.load(reference / functions, allow_pickle=False) as theirs:
+        assert sorted(mine.files) == sorted(theirs.files)
+        for key in theirs.files:
+            assert np.array_equal(mine[key], theirs[key]), key
+
+
+def assert_same_export(ours: Path, reference: Path) -> None:
+    """Every file of the export equal by name and bytes (shards, index parts, records, montage, CSV,
+    manifest): a duplicate or a partial file under any name fails this."""
+    mine, theirs = tree_bytes(ours / "outputs/single-cells"), tree_bytes(reference / "outputs/single-cells")
+    assert sorted(mine) == sorted(theirs)
+    # Dead letters are one record per line in the order the runner's shuffle delivers them.
+    dead_letters = "_failed/export-failures.jsonl"
+    assert sorted(mine.pop(dead_letters).splitlines()) == sorted(theirs.pop(dead_letters).splitlines())
+    assert [name for name in mine if mine[name] != theirs[name]] == []
+
+
+def assert_same_features(ours: Path, reference: Path, sites: int) -> None:
+    """Every per-site feature Parquet file equal byte for byte."""
+    mine = tree_bytes(ours / "outputs/results/features", "*/*.parquet")
+    theirs = tree_bytes(reference / "outputs/results/features", "*/*.parquet")
+    assert len(theirs) == sites and sorted(mine) == sorted(theirs)
+    assert [name for name in mine if mine[name] != theirs[name]] == []

@@ -131,6 +131,22 @@ def test_flink_options_are_all_known_to_the_python_sdk():
         assert name in known, f"{name} is not a Beam Python pipeline option: the SDK would discard it"
 
 
+def test_flink_options_name_what_the_engine_tests_run():
+    """deploy/flink/flink-options.txt and scripts/engines.py (which the engine tests use) agree on the job
+    server jar, the Flink version and the SDK worker environment."""
+    from scripts import engines
+    options = dict(line.lstrip("-").split("=", 1) for line in (DEPLOY / "flink/flink-options.txt").read_text()
+                   .splitlines() if line.startswith("--"))
+    tested = engines.flink_options("host:8081", "localhost:50000", 2, Path("/artifacts"))
+    tested = dict(zip((name.lstrip("-") for name in tested[::2]), tested[1::2], strict=True))
+    assert set(options) == set(tested)
+    assert options["flink_job_server_jar"] == f".engines/{engines.FLINK_JOB_SERVER.name}/{engines.FLINK_JOB_SERVER.jar.name}"
+    for name in ("runner", "flink_version", "environment_type", "environment_config"):
+        assert options[name] == tested[name], name
+    assert f"{engines.FLINK_MINOR}" in (DEPLOY / "flink/job-server.sh").read_text()
+    assert engines.FLINK_JOB_SERVER.jar.name in (DEPLOY / "flink/job-server.sh").read_text()
+
+
 def _dockerfile(name: str) -> str:
     return (DEPLOY / "docker" / name).read_text()
 

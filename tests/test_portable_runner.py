@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import EXAMPLE, run_cli, tree_bytes, write_config
+from tests.conftest import (EXAMPLE, assert_same_export, assert_same_features, assert_same_prepare,
+                            cnn_profile_project, run_cli)
 
 pytestmark = pytest.mark.pipeline
 COMMIT_TIMEOUT_S = 240
@@ -106,16 +107,7 @@ def test_prepare_detached_on_external_workers_commits_and_matches(portable, prep
     shutil.copytree(EXAMPLE, root)
     launch_detached(root, "bbbc022.json", "prepare", portable)
     wait_for(root / "outputs/intensities/20585/prepare.json")
-    reference = prepared[0] / "outputs"
-    assert tree_bytes(root / "outputs/compressed") == tree_bytes(reference / "compressed")
-    assert ((root / "outputs/intensities/20585/prepare.json").read_bytes()
-            == (reference / "intensities/20585/prepare.json").read_bytes())
-    import numpy as np
-    with np.load(root / "outputs/intensities/20585/20585.npz", allow_pickle=False) as ours, \
-            np.load(reference / "intensities/20585/20585.npz", allow_pickle=False) as theirs:
-        assert sorted(ours.files) == sorted(theirs.files)
-        for key in theirs.files:
-            assert np.array_equal(ours[key], theirs[key]), key
+    assert_same_prepare(root, prepared[0])
 
 
 def test_export_detached_on_external_workers_commits_and_matches(portable, exported, tmp_path):
@@ -124,42 +116,19 @@ def test_export_detached_on_external_workers_commits_and_matches(portable, expor
     shutil.rmtree(root / "outputs/single-cells")
     launch_detached(root, "bbbc022.json", "export-sc", portable, "--shard-mb", "10")
     wait_for(root / "outputs/single-cells/manifest.json")
-    ours, theirs = tree_bytes(root / "outputs/single-cells"), tree_bytes(exported[0] / "outputs/single-cells")
-    ours.pop("_failed/export-failures.jsonl", None), theirs.pop("_failed/export-failures.jsonl", None)
-    assert sorted(ours) == sorted(theirs)
-    assert [name for name in ours if ours[name] != theirs[name]] == []
+    assert_same_export(root, exported[0])
 
 
 def test_profile_detached_on_external_workers_commits_and_matches(portable, prepared, tmp_path,
                                                                   example_config_dict):
-    import keras
-
-    from dpcore import models
-    from dpcore.checkpoints import save_weights
-    from dpcore.storage import StoragePath
-
-    roots = []
-    for name in ("direct", "portable"):
-        root = tmp_path / name
-        shutil.copytree(prepared[0], root)
-        data = json.loads(json.dumps(example_config_dict))
-        data["dataset"]["locations"]["box_size"] = 64
-        data["train"]["model"].update({"name": "cnn"})
-        data["train"]["model"]["params"]["conv_blocks"] = 3
-        data["profile"].update({"feature_layer": "pool5", "checkpoint": "cnn.hdf5", "batch_size": 32})
-        keras.utils.set_random_seed(11)
-        save_weights(models.classifier("cnn", (64, 64, 5), 2, conv_blocks=3),
-                     StoragePath(str(root / "outputs/results/checkpoint/cnn.hdf5")))
-        roots.append((root, write_config(root, data)))
+    roots = [cnn_profile_project(prepared[0], tmp_path / name, example_config_dict)
+             for name in ("direct", "portable")]
     (direct, config), (detached, _) = roots
     code, text = run_cli("--root", str(direct), "--config", config, "profile")
     assert code == 0, text
     launch_detached(detached, config, "profile", portable)
     wait_for(detached / "outputs/results/features/_runs/index.json")
-    ours = tree_bytes(detached / "outputs/results/features", "*/*.parquet")
-    theirs = tree_bytes(direct / "outputs/results/features", "*/*.parquet")
-    assert len(theirs) == 12 and sorted(ours) == sorted(theirs)
     # Fixed-shape inference batches: a cell's features do not depend on how cells were batched.
-    assert [name for name in ours if ours[name] != theirs[name]] == []
+    assert_same_features(detached, direct, sites=12)
     record = json.loads((detached / "outputs/results/features/_runs/index.json").read_text())
     assert record["sites_written"] == 12 and record["cells_profiled"] == 808

@@ -1,0 +1,1 @@
+"""Project scripts; engines.py is also imported by the engine tests and benchmarks."""
