@@ -9,14 +9,19 @@ pipeline options (``--runner``, ``--direct_num_workers``, ``--project`` ...);
 commands that run no pipeline refuse such leftovers.
 
 Exit status: 0 success; 1 the command ran but found problems or failed
-records (they are listed); 2 the command line or the config is wrong.
+records (they are listed); 2 the command line or the config is wrong;
+130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
+import os
+import signal
 import sys
+import threading
 from typing import Callable, Sequence
 
 from dpcore import __version__
@@ -31,6 +36,7 @@ from beam_pipelines.context import CommandContext, UsageError
 logger = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, what shells report for Ctrl-C
 
 _GLOBAL_HELP = {
     "--root": "project root folder or gs:// URI (DeepProfiler layout); default: the current folder",
@@ -78,6 +84,11 @@ def _configure_logging(level_name: str) -> None:
     # TensorFlow and Beam are chatty at INFO; keep their warnings.
     for noisy in ("absl", "tensorflow", "apache_beam"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    if level > logging.DEBUG:
+        # TensorFlow's C++ start-up lines on a machine without a GPU (cudart_stub, cpu_feature_guard, an
+        # ERROR-level "failed call to cuInit (303)") are not problems: shown only at DEBUG. Real failures
+        # still arrive as Python exceptions. Set before TensorFlow loads; worker processes inherit it.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def _emit(text: str) -> None:
@@ -118,9 +129,46 @@ def main(argv: Sequence[str] | None = None, *, emit: Callable[[str], None] = _em
         return EXIT_USAGE
 
 
+class _Interruption:
+    """Ctrl-C, recorded when it happens: whatever a runner turns it into afterwards (a dead SDK worker, a
+    cancelled job, a chained RuntimeError), the command was interrupted, not broken."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def install(self) -> None:
+        signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self.event.is_set():
+            os._exit(EXIT_INTERRUPTED)  # a second Ctrl-C: leave at once
+        self.event.set()
+        raise KeyboardInterrupt
+
+    def leave(self, command: str) -> None:
+        """One line instead of the runner's tracebacks; then exit 130 without waiting for its threads."""
+        logging.disable(logging.CRITICAL)
+        sys.stderr.flush()
+        sys.stderr = open(os.devnull, "w")  # threads still unwinding must not print over the message
+        _emit(f"dpbeam {command}: interrupted; outputs are consistent (every file is committed whole), "
+              f"re-run the same command to continue")
+        atexit._run_exitfuncs()  # e.g. stop a job server Beam started; the runner's worker threads are not joined
+        os._exit(EXIT_INTERRUPTED)
+
+
 def entry_point() -> None:
+    interruption = _Interruption()
+    interruption.install()
+    command = next((arg for arg in sys.argv[1:] if arg in commands.BY_NAME), "")
     try:
-        sys.exit(main())
+        code = main()
     except BrokenPipeError:  # `dpbeam ... | head`: the reader left; nothing more to say
         sys.stderr.close()
         sys.exit(0)
+    except BaseException:
+        if interruption.event.is_set():
+            interruption.leave(command)
+        raise
+    if interruption.event.is_set():
+        interruption.leave(command)
+    sys.exit(code)

@@ -81,8 +81,9 @@ def _split_arguments(parser: argparse.ArgumentParser) -> None:
 def _run_split(context: CommandContext, args: argparse.Namespace, emit: Emit) -> int:
     if context.config_name:
         context = context.with_config_paths(context.load_config("split"))
-    for path in split_index(context.layout, args.parts):
-        emit(f"wrote {path}")
+    # The summary goes to standard output once; the library logs the same only at DEBUG.
+    for part in split_index(context.layout, args.parts):
+        emit(f"wrote {part.path} ({part.sites} sites, {part.wells} well{'' if part.wells == 1 else 's'})")
     return 0
 
 

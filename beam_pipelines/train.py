@@ -91,11 +91,15 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
         else:
             resumed = trainer.restore_backup()
             if resumed is not None:
-                emit(f"train: continuing an interrupted run after epoch {resumed - 1} "
-                     f"({layout.checkpoint_dir / 'backup'})")
                 first = resumed
     except (TrainingError, CheckpointError) as error:
         raise UsageError(str(error)) from error
+    if first > plan.epochs:  # one line, not a "continuing" line for a run that has nothing left
+        emit(f"train: all {plan.epochs} epochs are done already ({layout.checkpoint_dir}); nothing to train "
+             f"(--epoch K trains again from epoch K)")
+        return 0
+    if first > args.epoch:
+        emit(f"train: continuing an interrupted run after epoch {first - 1} ({layout.checkpoint_dir / 'backup'})")
     if trainer.chief:
         classes = json.dumps({"label_field": config.train.partition.label_field, "classes": list(info.labels)},
                              indent=1)
@@ -105,9 +109,6 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
          f"cells, {info.num_classes} classes {list(info.labels)}, epochs {first}..{plan.epochs}, "
          f"global batch {plan.batch_size}, {trainer.strategy.num_replicas_in_sync} replica(s) "
          f"({type(trainer.strategy).__name__})")
-    if first > plan.epochs:
-        emit(f"train: all {plan.epochs} epochs are done already; nothing to train")
-        return 0
     # Only the chief writes; with several workers the others must not contend for the lock.
     with output_lock(layout.checkpoint_dir, "train") if trainer.chief else contextlib.nullcontext():
         rows = trainer.run(first)

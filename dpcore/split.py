@@ -10,6 +10,7 @@ spread so part sizes differ by at most one well.
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import numpy as np
 
@@ -20,8 +21,14 @@ from dpcore.storage import StoragePath
 logger = logging.getLogger(__name__)
 
 
-def split_index(layout: ProjectLayout, parts: int) -> list[StoragePath]:
-    """Write ``index-000.csv`` ... beside the index; return the files written."""
+class SplitPart(NamedTuple):
+    path: StoragePath
+    sites: int
+    wells: int
+
+
+def split_index(layout: ProjectLayout, parts: int) -> list[SplitPart]:
+    """Write ``index-000.csv`` ... beside the index; return what each file holds."""
     if parts < 1:
         raise ValueError(f"--parts must be a positive integer, got {parts}")
     frame = read_index(layout.index_file)
@@ -35,6 +42,6 @@ def split_index(layout: ProjectLayout, parts: int) -> list[StoragePath]:
         rows = frame.merge(selected, on=[PLATE, WELL], how="inner")
         target = layout.split_index_file(part)
         target.write_text(rows.to_csv(index=False, lineterminator="\n"))
-        logger.info("wrote %s (%d sites, %d wells)", target, len(rows), len(selected))
-        written.append(target)
+        logger.debug("wrote %s (%d sites, %d wells)", target, len(rows), len(selected))
+        written.append(SplitPart(target, len(rows), len(selected)))
     return written

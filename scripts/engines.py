@@ -159,9 +159,12 @@ def fetch_job_server(spec: JobServerSpec) -> Path:
 
 def _fetch_job_server_into(spec: JobServerSpec, staging: Path) -> None:
     LOG.info("%s: fetching its jars from Maven Central (%s)", spec.name, spec.pom.name)
-    subprocess.run(["mvn", "-B", "-q", "-Dstyle.color=never", "--strict-checksums", "-f", str(spec.pom),
-                    "dependency:copy-dependencies", f"-DoutputDirectory={staging / 'lib'}",
-                    "-DincludeScope=runtime"], check=True)
+    maven = subprocess.run(["mvn", "-B", "-q", "-Dstyle.color=never", "--strict-checksums", "-f", str(spec.pom),
+                            "dependency:copy-dependencies", f"-DoutputDirectory={staging / 'lib'}",
+                            "-DincludeScope=runtime"], capture_output=True, text=True)
+    if maven.returncode != 0:  # Maven's own report says which artifact or checksum failed
+        raise RuntimeError(f"{spec.name}: Maven could not fetch the jars of {spec.pom}:\n"
+                           f"{maven.stdout[-4000:]}{maven.stderr[-2000:]}")
     libraries = sorted(f"lib/{jar.name}" for jar in (staging / "lib").glob("*.jar"))
     jar = staging / spec.jar.name
     write_launcher_jar(jar, spec.main_class, libraries, spec.add_opens)

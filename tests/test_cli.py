@@ -139,8 +139,13 @@ def test_beam_options_are_refused_by_commands_without_a_pipeline(tmp_path):
 
 
 def test_split_writes_parts_without_dividing_wells(project):
-    code, text = run("--root", str(project), "split", "--parts", "2")
-    assert code == 0
+    done = subprocess.run([sys.executable, "-m", "beam_pipelines", "--root", str(project), "split", "--parts", "2"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    # Each part is reported once, with what it holds (not once on stdout and again in the log).
+    assert done.stdout.splitlines() == [f"wrote {project}/inputs/metadata/index-00{i}.csv (6 sites, 1 well)"
+                                        for i in range(2)]
+    assert "wrote" not in done.stderr, done.stderr
     parts = [pd.read_csv(project / f"inputs/metadata/index-00{i}.csv", dtype=str) for i in range(2)]
     assert [len(p) for p in parts] == [6, 6]
     assert [set(p["Metadata_Well"]) for p in parts] == [{"A01"}, {"A13"}]

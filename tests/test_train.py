@@ -160,7 +160,10 @@ def test_an_interrupted_run_continues_from_its_backup(synthetic):
     assert code == 0 and "continuing an interrupted run after epoch 2" in text
     assert list(log(synthetic)["epoch"]) == [1, 2, 3, 4]
     code, text = train(synthetic, synthetic_config(epochs=4))
-    assert code == 0 and "nothing to train" in text
+    # A finished run says so in one line: no "continuing", no plan for epochs 5..4.
+    assert code == 0 and text.splitlines() == [
+        f"train: all 4 epochs are done already ({synthetic}/outputs/results/checkpoint); nothing to train "
+        f"(--epoch K trains again from epoch K)"], text
 
 
 def test_seed_makes_a_cpu_run_repeatable(tmp_path):
