@@ -54,17 +54,6 @@ def run_stage(root: Path, stage: str, options: list[str]) -> float:
     return seconds
 
 
-def start_worker_pool(folder: Path) -> tuple[subprocess.Popen, str]:
-    port = engines.free_port()
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    log = folder / "worker-pool.out"
-    pool = subprocess.Popen([sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
-                             "--service_port", str(port)], cwd=folder, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    engines.wait_for_port(port, pool, log)
-    return pool, f"127.0.0.1:{port}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--copies", type=int, default=2, help="plates (18 sites each)")
@@ -85,9 +74,9 @@ def main() -> None:
             cluster = engines.LocalFlinkCluster(work / "flink", taskmanagers=1, slots=2, parallelism=2).start()
             options["flink"] = cluster.beam_options()
         if "spark" in args.engines:
-            (work / "spark").mkdir()
-            pool, address = start_worker_pool(work / "spark")
-            options["spark"] = engines.spark_options(address)
+            port = engines.free_port()
+            pool = engines.start_worker_pool(work / "spark-workers", port)
+            options["spark"] = engines.spark_options(f"127.0.0.1:{port}")
         seconds: dict[str, dict[str, float]] = {}
         for engine, engine_options in options.items():
             root = work / engine

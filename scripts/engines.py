@@ -400,17 +400,24 @@ class LocalFlinkCluster:
                                                 env=env, start_new_session=True, cwd=self.work)
 
     def _start_worker_pool(self) -> None:
-        # Workers are started as `python` from PATH: put this interpreter's folder first. They run in
-        # an empty folder: nothing may depend on the launcher's working directory.
-        env = dict(os.environ, PATH=os.path.dirname(self.python) + os.pathsep + os.environ.get("PATH", ""))
-        (self.work / "workers").mkdir(exist_ok=True)
-        log = self._log("worker-pool")
-        self.processes["worker-pool"] = subprocess.Popen(
-            [self.python, "-m", "apache_beam.runners.worker.worker_pool_main",
-             "--service_port", str(self.ports["pool"])],
-            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
-            cwd=self.work / "workers")
-        wait_for_port(self.ports["pool"], self.processes["worker-pool"], log)
+        self.processes["worker-pool"] = start_worker_pool(self.work / "workers", self.ports["pool"], self.python,
+                                                          self._log("worker-pool"))
+
+
+def start_worker_pool(folder: Path, port: int, python: str = sys.executable, log: Path | None = None
+                      ) -> subprocess.Popen:
+    """Beam's Python SDK worker pool (what ``--environment_type EXTERNAL`` asks for workers), on ``port``.
+
+    Workers are started as ``python`` from PATH: this interpreter's folder goes first. They run in the
+    empty ``folder``: nothing may depend on the launcher's working directory."""
+    folder.mkdir(parents=True, exist_ok=True)
+    log = log or folder / "worker-pool.out"
+    env = dict(os.environ, PATH=os.path.dirname(python) + os.pathsep + os.environ.get("PATH", ""))
+    pool = subprocess.Popen([python, "-m", "apache_beam.runners.worker.worker_pool_main", "--service_port",
+                             str(port)], stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True, cwd=folder)
+    wait_for_port(port, pool, log)
+    return pool
 
 
 def flink_options(flink_master: str, worker_pool: str, parallelism: int, artifacts_dir: Path) -> list[str]:

@@ -10,7 +10,6 @@ import pytest
 
 DATA = Path(__file__).parent / "data"
 EXAMPLE = DATA / "bbbc022"
-SHARED_EXAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "bbbc022"
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-gcp_storage_emulator = pytest.importorskip("gcp_storage_emulator.server")
+import gcp_storage_emulator.server as gcp_storage_emulator  # noqa: E402  (a test dependency: fail if missing)
 
 from dpcore import models  # noqa: E402
 from dpcore.checkpoints import save_weights  # noqa: E402

@@ -34,7 +34,7 @@ def test_crops_match_the_definition_including_border_cells(site_image):
 
 
 def test_crop_and_resize_equals_tensorflow(site_image):
-    tf = pytest.importorskip("tensorflow")
+    import tensorflow as tf  # a required dependency: missing means a broken install, so fail
     image, centres = site_image
     boxes = cell_boxes(np.concatenate([centres, [[-30.0, 10.0], [700.0, 530.0]]]), 128, image.shape[:2])
     boxes = boxes.astype(np.float32)

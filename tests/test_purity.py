@@ -44,3 +44,14 @@ def test_import_dpcore_alone_loads_nothing_heavy():
     code = "import sys, dpcore\nprint([m for m in ('apache_beam', 'tensorflow', 'keras') if m in sys.modules])\n"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_no_test_skips_itself():
+    """A missing dependency or file must fail the suite, not skip a test (a skipped test proves nothing)."""
+    from pathlib import Path
+    tests = Path(__file__).parent
+    skipping = [f"{path.relative_to(tests)}:{number}" for path in sorted(tests.rglob("*.py"))
+                for number, line in enumerate(path.read_text().splitlines(), 1)
+                if any(word in line for word in ("importorskip(", "pytest.skip(", "mark.skipif(", "mark.skip("))
+                and path.name != "test_purity.py"]
+    assert skipping == []

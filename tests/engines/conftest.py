@@ -22,8 +22,6 @@ from tests.conftest import run_cli
 COMMIT_TIMEOUT_S = 420
 
 
-
-
 @pytest.fixture(scope="session")
 def flink_cluster(tmp_path_factory):
     """Flink 1.19 on 127.0.0.1: a JobManager and two TaskManagers of 2 slots each (separate JVMs), a
@@ -39,14 +37,8 @@ def flink_cluster(tmp_path_factory):
 def spark_options(tmp_path_factory) -> list[str]:
     """Beam options for Spark ``local[2]`` in Beam's Spark job server, SDK workers from an external pool."""
     engines.require_fetched()
-    folder = tmp_path_factory.mktemp("spark-workers")
     port = engines.free_port()
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    log = folder / "worker-pool.out"
-    pool = subprocess.Popen([sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
-                             "--service_port", str(port)], cwd=folder, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    engines.wait_for_port(port, pool, log)
+    pool = engines.start_worker_pool(tmp_path_factory.mktemp("spark-workers"), port)
     yield engines.spark_options(f"127.0.0.1:{port}")
     os.killpg(pool.pid, signal.SIGTERM)
     pool.wait(timeout=30)
