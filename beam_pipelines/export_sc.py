@@ -312,7 +312,7 @@ class WriteExportCommit(beam.DoFn):
     def __init__(self, settings: ExportSettings):
         self.settings = settings
 
-    def process(self, totals: ExportTotals) -> Iterator[str]:
+    def process(self, totals: ExportTotals, dead_letter_files: list[str]) -> Iterator[str]:
         s = self.settings
         cells = sum(totals.counts.values())
         picture = montage(self._sample_crops(totals.samples), s.source.channels, s.labels)
@@ -391,14 +391,15 @@ class ExportSingleCells(beam.PTransform):
             | "GroupByShard" >> beam.GroupByKey()
             | "WriteShards" >> beam.ParDo(WriteShard(s)).with_outputs("failed", main="records")
         )
-        committed = (
+        dead_letters = ((read["failed"], written.failed) | "AllFailures" >> beam.Flatten()
+                        | "DeadLetters" >> WriteDeadLetters(s.failures_file))
+        # The dead-letter file is a side input of the commit only to order them: when the manifest
+        # appears, the export is complete, its failure file included (a detached caller reads both).
+        return (
             written.records
             | "AddUpShards" >> beam.CombineGlobally(ExportTotalsFn(s.montage_labels))
-            | "WriteExportCommit" >> beam.ParDo(WriteExportCommit(s))
+            | "WriteExportCommit" >> beam.ParDo(WriteExportCommit(s), beam.pvalue.AsList(dead_letters))
         )
-        (read["failed"], written.failed) | "AllFailures" >> beam.Flatten() | "DeadLetters" >> WriteDeadLetters(
-            s.failures_file)
-        return committed
 
 
 # ------------------------------------------------------------------ planning

@@ -217,7 +217,8 @@ class WriteRunRecord(beam.DoFn):
         self.index = index
         self.description = description
 
-    def process(self, _, written: tuple[int, int], kept: int, failures: int) -> Iterator[dict]:
+    def process(self, _, written: tuple[int, int], kept: int, failures: int,
+                dead_letter_files: list[str]) -> Iterator[dict]:
         sites_written, cells = written
         record = {"index": str(self.index), "sites_written": sites_written, "cells_profiled": cells,
                   "sites_committed_earlier": kept, "sites_committed": sites_written + kept,
@@ -281,7 +282,8 @@ class ProfileSites(beam.PTransform):
             | "WriteSiteFeatures" >> beam.ParDo(WriteSiteFeatures(self.source.layout, self.spec.model_name))
         )
         failed = (read["failed"], cut.failed, failed_inference) | "AllFailures" >> beam.Flatten()
-        failed | "DeadLetters" >> WriteDeadLetters(self.failures_file)
+        # A side input of the run record only to order them: when the record appears, the failure file is final.
+        dead_letters = failed | "DeadLetters" >> WriteDeadLetters(self.failures_file)
         counts = {
             "written": written | "AddUpWritten" >> beam.CombineGlobally(_AddUpWritten()),
             "kept": todo.kept | "CountKept" >> beam.CombineGlobally(sum),
@@ -293,7 +295,7 @@ class ProfileSites(beam.PTransform):
             | "WriteRunRecord" >> beam.ParDo(
                 WriteRunRecord(features_dir, as_storage_path(self.index_path), self.description),
                 beam.pvalue.AsSingleton(counts["written"]), beam.pvalue.AsSingleton(counts["kept"]),
-                beam.pvalue.AsSingleton(counts["failures"]))
+                beam.pvalue.AsSingleton(counts["failures"]), beam.pvalue.AsList(dead_letters))
         )
 
 

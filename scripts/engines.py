@@ -328,12 +328,16 @@ class LocalFlinkCluster:
         for logging_file in (FLINK_HOME / "conf").glob("log4j*.properties"):
             shutil.copy(logging_file, conf / logging_file.name)
         (conf / "config.yaml").write_text(_flink_config(self.ports, self.slots, self.parallelism, self.work))
-        self._start_worker_pool()
-        self._start("jobmanager", [str(FLINK_HOME / "bin/jobmanager.sh"), "start-foreground"])
-        wait_for_port(self.ports["rest"], self.processes["jobmanager"], self._log("jobmanager"))
-        for index in range(self.taskmanagers):
-            self.start_taskmanager(index)
-        self.wait_for_slots(self.taskmanagers * self.slots)
+        try:
+            self._start_worker_pool()
+            self._start("jobmanager", [str(FLINK_HOME / "bin/jobmanager.sh"), "start-foreground"])
+            wait_for_port(self.ports["rest"], self.processes["jobmanager"], self._log("jobmanager"))
+            for index in range(self.taskmanagers):
+                self.start_taskmanager(index)
+            self.wait_for_slots(self.taskmanagers * self.slots)
+        except BaseException:
+            self.stop()  # a half-started cluster must not outlive the error
+            raise
         (self.work / "cluster.json").write_text(json.dumps(
             {"ports": self.ports, "pids": {name: process.pid for name, process in self.processes.items()},
              "parallelism": self.parallelism}, indent=1))
