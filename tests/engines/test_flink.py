@@ -36,6 +36,16 @@ def newest_job(cluster) -> dict:
     return max(cluster.jobs(), key=lambda job: job["start-time"])
 
 
+def finished_job(cluster, timeout_s: float = 120) -> dict:
+    """The newest job once Flink has ended it. The commit file is written by the job's last step, so the
+    job may still be RUNNING (tasks finishing, slots being released) for a moment after it appears."""
+    deadline = time.time() + timeout_s
+    while (job := newest_job(cluster))["state"] not in ("FINISHED", "FAILED", "CANCELED"):
+        assert time.time() < deadline, f"Flink job still {job['state']} {timeout_s:.0f} s after its commit"
+        time.sleep(0.5)
+    return job
+
+
 def exception_history(cluster, job_id: str) -> list[dict]:
     with urllib.request.urlopen(f"http://{cluster.rest_address}/jobs/{job_id}/exceptions", timeout=10) as answer:
         return json.load(answer)["exceptionHistory"]["entries"]
@@ -47,7 +57,7 @@ def test_prepare_on_flink_cluster_matches_direct(flink_cluster, prepared, tmp_pa
     # Beam's counters come back from Flink: the summary is the engine's, not a guess.
     assert "plates committed: 1" in text and "PNGs written: 60" in text, text
     assert_same_prepare(root, prepared[0])
-    assert newest_job(flink_cluster)["state"] == "FINISHED"
+    assert finished_job(flink_cluster)["state"] == "FINISHED"
 
 
 def test_export_survives_a_killed_taskmanager(flink_cluster, prepared, tmp_path):
@@ -70,7 +80,7 @@ def test_export_survives_a_killed_taskmanager(flink_cluster, prepared, tmp_path)
     try:
         assert not (root / "outputs/single-cells/manifest.json").exists(), "the export had already finished"
         wait_for_commit(root / "outputs/single-cells/manifest.json", flink_cluster)
-        job = newest_job(flink_cluster)
+        job = finished_job(flink_cluster)
         assert job["state"] == "FINISHED"
         failures = exception_history(flink_cluster, job["jid"])
         assert failures, "Flink recorded no failure: the kill did not hit the running job"
