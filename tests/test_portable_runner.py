@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from scripts import engines
 from tests.conftest import (EXAMPLE, assert_same_export, assert_same_features, assert_same_prepare,
                             cnn_profile_project, run_cli)
 
@@ -30,44 +30,19 @@ pytestmark = pytest.mark.pipeline
 COMMIT_TIMEOUT_S = 240
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout_s: float = 60) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"service exited early: {log.read_text()[-2000:]}")
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"port {port} not open after {timeout_s} s: {log.read_text()[-2000:]}")
-
-
 @pytest.fixture(scope="module")
 def portable(tmp_path_factory) -> list[str]:
     """A job server and an external SDK worker pool, as two processes; the Beam options to use them."""
     folder = tmp_path_factory.mktemp("portable")
-    job_port, pool_port = _free_port(), _free_port()
-    started = []
-    for name, argv, port in (
-            ("job-server", ["-m", "apache_beam.runners.portability.local_job_service_main", "--port", str(job_port)],
-             job_port),
-            ("worker-pool", ["-m", "apache_beam.runners.worker.worker_pool_main", "--service_port", str(pool_port)],
-             pool_port)):
-        log = folder / f"{name}.log"
-        # The pool starts SDK workers as `python` from PATH: this interpreter's. Workers start in an
-        # empty folder: nothing may depend on the launcher's working directory.
-        env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-        process = subprocess.Popen([sys.executable, *argv], cwd=folder, stdout=log.open("w"),
-                                   stderr=subprocess.STDOUT, start_new_session=True, env=env)
-        started.append(process)
-        _wait_for_port(port, process, log)
-    Services.logs = [folder / "job-server.log", folder / "worker-pool.log"]
+    job_port, pool_port = engines.free_port(), engines.free_port()
+    log = folder / "job-server.log"
+    job_server = subprocess.Popen(
+        [sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main", "--port", str(job_port)],
+        cwd=folder, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    engines.wait_for_port(job_port, job_server, log)
+    pool = engines.start_worker_pool(folder / "workers", pool_port, log=folder / "worker-pool.log")
+    started = [job_server, pool]
+    Services.logs = [log, folder / "worker-pool.log"]
     yield ["--runner", "PortableRunner", "--job_endpoint", f"localhost:{job_port}",
            "--environment_type", "EXTERNAL", "--environment_config", f"localhost:{pool_port}",
            "--direct_num_workers", "2"]
