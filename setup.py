@@ -23,6 +23,7 @@ INSTALL_REQUIRES = [
     "pillow>=10.0",
     "h5py>=3.10",  # Keras-2 HDF5 checkpoints (DeepProfiler's format), read and written by layer name
     "tensorboard>=2.20",  # tf.summary needs it for train's summaries/; TF 2.21 no longer installs it
+    "matplotlib>=3.8",  # training curves, illumination and montage pictures with real axes, ticks, colour bars
 ]
 
 EXTRAS_REQUIRE = {
@@ -30,6 +31,7 @@ EXTRAS_REQUIRE = {
     "test": [
         "pytest>=8.0",
         "pytest-timeout>=2.3",
+        "pytest-xdist>=3.5",  # scripts/test.sh runs the suite in two processes: ~15 min -> ~10 on 2 cores
         "hypothesis>=6.100",
         "gcp-storage-emulator>=2024.8",  # a local GCS server: tests run --root gs://... end to end
         "kubernetes-validate>=1.30",  # deploy/ manifests checked against Kubernetes' own JSON schema

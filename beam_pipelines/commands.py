@@ -18,7 +18,8 @@ from dpcore.example import EXAMPLE_CONFIG, write_example_project
 from dpcore.split import split_index
 from dpcore.validate import validate_project
 
-from beam_pipelines.context import CommandContext
+from beam_pipelines.context import CommandContext, UsageError
+from beam_pipelines.preflight import PIPELINE_COMMANDS, check_command, misspelt_keys
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +51,41 @@ def _run_setup(context: CommandContext, args: argparse.Namespace, emit: Emit) ->
 
 
 # ---------------------------------------------------------------- validate
+def _validate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--commands", default=",".join(PIPELINE_COMMANDS), metavar="LIST",
+                        help="the commands the config must be ready for, comma-separated (default: "
+                             f"{','.join(PIPELINE_COMMANDS)}); each command's own pre-start checks run: "
+                             "required keys, crop settings, train's model settings, profile's model, "
+                             "feature layer and checkpoint (profile's check loads TensorFlow)")
+
+
+def _commands_to_check(value: str) -> tuple[str, ...]:
+    chosen = tuple(dict.fromkeys(name.strip() for name in value.split(",") if name.strip()))
+    unknown = [name for name in chosen if name not in PIPELINE_COMMANDS]
+    if unknown or not chosen:
+        raise UsageError(f"--commands takes names from {', '.join(PIPELINE_COMMANDS)}, got {value!r}")
+    return chosen
+
+
 def _run_validate(context: CommandContext, args: argparse.Namespace, emit: Emit) -> int:
+    chosen = _commands_to_check(args.commands)
     config = context.load_config("validate")
     context = context.with_config_paths(config)
-    emit(f"validating {context.layout.root} with {config.source} and index {context.layout.index_file}")
-    report = validate_project(context.layout, config)
+    emit(f"validating {context.layout.root} with {config.source} and index {context.layout.index_file} "
+         f"for {', '.join(chosen)}")
+    report = validate_project(context.layout, config, chosen)
+    # A typo is a problem (the command would ignore the key silently); other unknown keys only a note.
+    report.problems[:0] = misspelt_keys(config)
+    report.notes += [f"{key} is not a config key dpbeam uses (ignored)"
+                     for key, known in config.unknown_keys.items() if not known]
+    verdicts = [check_command(command, context.layout, config) for command in chosen]
+    for verdict in verdicts:
+        report.problems += [f"{verdict.command}: {problem}" for problem in verdict.problems]
+        report.notes += verdict.notes
+    ready = [v.command for v in verdicts if v.ready]
+    refused = [v.command for v in verdicts if not v.ready]
+    report.readiness.append(f"config ready for: {', '.join(ready) or 'none'}"
+                            + (f"; refused by: {', '.join(refused)} (see the problems)" if refused else ""))
     for line in report.lines():
         emit(line)
     return 0 if report.ok else 1
@@ -95,6 +126,23 @@ def _pipeline(module: str) -> Callable[[CommandContext, argparse.Namespace, Emit
     return run
 
 
+def _boolean(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def _dry_run_argument(parser: argparse.ArgumentParser) -> None:
+    # Beam's own option is spelt --dry_run and takes a value; both spellings mean the same here.
+    parser.add_argument("--dry-run", "--dry_run", dest="dry_run", nargs="?", const=True, default=False,
+                        type=_boolean, metavar="BOOL",
+                        help="build the job graph for the chosen runner and list its steps; nothing runs, "
+                             "nothing is written or removed, no lock is taken")
+
+
 def _detach_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detach", action="store_true",
                         help="return as soon as the runner accepted the job (Dataflow, Flink, Spark, a job server); "
@@ -106,6 +154,7 @@ def _prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="recompute plates and images already committed by an earlier run")
     _detach_argument(parser)
+    _dry_run_argument(parser)
 
 
 def _export_arguments(parser: argparse.ArgumentParser) -> None:
@@ -116,6 +165,7 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard-mb", type=float, default=128.0,
                         help="target shard size in MB before compression (default: 128)")
     _detach_argument(parser)
+    _dry_run_argument(parser)
 
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -138,6 +188,7 @@ def _profile_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Beam resource hint for the inference step only, e.g. on Dataflow "
                              "'type:nvidia-tesla-t4;count:1;install-nvidia-driver'")
     _detach_argument(parser)
+    _dry_run_argument(parser)
 
 
 COMMANDS: tuple[CommandSpec, ...] = (
@@ -150,8 +201,10 @@ COMMANDS: tuple[CommandSpec, ...] = (
                 _example_arguments, _run_example),
     CommandSpec("validate", "check config, index, images and locations without running anything",
                 "Load the config and the index, read every image header and locations file, print a "
-                "summary and every problem found. Exit status 1 if there was any problem.",
-                _no_arguments, _run_validate),
+                "summary and every problem found, then run every pipeline command's own pre-start checks "
+                "(see --commands) and say which commands the config is ready for. Exit status 1 if there "
+                "was any problem.",
+                _validate_arguments, _run_validate),
     CommandSpec("prepare", "illumination statistics and compressed PNGs (Beam pipeline)",
                 "Compute per-plate illumination statistics and correction functions, and write "
                 "illumination-corrected 8-bit PNGs when prepare.compression.implement is true.",

@@ -52,8 +52,8 @@ from dpcore.storage import StoragePath, remove_stale_temporaries
 from beam_pipelines.context import CommandContext
 from beam_pipelines.dead_letter import WriteDeadLetters, failure, read_failures, report_failures
 from beam_pipelines.index import ReadSites
-from beam_pipelines.progress import inc_counter
-from beam_pipelines.running import PipelineRun, run_pipeline
+from beam_pipelines.progress import OutputProgress, inc_counter
+from beam_pipelines.running import PipelineRun, describe_graph, run_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -287,20 +287,33 @@ class ExportTotalsFn(beam.CombineFn):
         return totals
 
 
+MONTAGE_MARK = (255, 40, 40)  # the cross at each crop's centre: where the target nucleus must be
+
+
 def montage(samples: list, channels: tuple[str, ...], labels: tuple[str, ...]) -> bytes:
-    """One row per sampled crop, one column per channel, grouped by label, with captions."""
+    """One row per sampled crop, one column per channel, grouped by label, with captions.
+
+    A red cross marks the centre of every crop, where its own nucleus must sit: crops hold several
+    nuclei, and the mark is how a person checks centring (and a box too small or too large) by eye.
+    """
     if not samples:
         return b""
     box = samples[0][2].shape[0]
     caption = 14
     rows = sorted(samples, key=lambda s: (labels.index(s[1]), s[0]))
-    canvas = Image.new("L", (len(channels) * box, len(rows) * (box + caption)), 0)
+    canvas = Image.new("RGB", (len(channels) * box, caption + len(rows) * (box + caption)), (0, 0, 0))
     draw = ImageDraw.Draw(canvas)
+    for c, channel in enumerate(channels):
+        draw.text((c * box + 2, 1), channel, fill=(255, 255, 0))
+    arm = max(2, box // 16)
     for r, (_, label, crop) in enumerate(rows):
-        top = r * (box + caption)
-        draw.text((2, top + 1), f"{label}  ({', '.join(channels)})", fill=255)
+        top = caption + r * (box + caption)
+        draw.text((2, top + 1), label, fill=(255, 255, 255))
         for c in range(len(channels)):
-            canvas.paste(Image.fromarray(crop[:, :, c]), (c * box, top + caption))
+            canvas.paste(Image.fromarray(crop[:, :, c]).convert("RGB"), (c * box, top + caption))
+            x, y = c * box + box // 2, top + caption + box // 2
+            draw.line((x - arm, y, x + arm, y), fill=MONTAGE_MARK)
+            draw.line((x, y - arm, x, y + arm), fill=MONTAGE_MARK)
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG")
     return buffer.getvalue()
@@ -450,6 +463,11 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     context = context.with_config_paths(config)
     settings = plan(context.layout, config, context.layout.index_file, args.format, "GZIP" if args.gzip else "",
                     args.shard_mb)
+    if args.dry_run:
+        for line in describe_graph(lambda pipeline: build(pipeline, settings), context.beam_args):
+            emit(line)
+        emit(f"dry run: {len(settings.labels)} label(s), shards {settings.plan.shards} -> {settings.out}")
+        return 0
     with output_lock(settings.out, "export-sc"):
         return _export(settings, context, args, emit)
 
@@ -477,8 +495,9 @@ def _export(settings: ExportSettings, context: CommandContext, args, emit) -> in
     emit(f"export-sc: {len(settings.labels)} label(s), format {settings.plan.format}, shards "
          f"{settings.plan.shards} -> {out}"
          + (f"; resuming: {resumed} of {total_shards} shard(s) committed by an earlier run" if resumed else ""))
+    progress = OutputProgress("export-sc", [out / sc_export.SHARD_RECORDS_DIR], ".json", "shards", total_shards - resumed)
     run = run_pipeline(lambda pipeline: build(pipeline, settings), context.beam_args, NAMESPACE,
-                       detach=getattr(args, "detach", False), commit=manifest)
+                       detach=getattr(args, "detach", False), commit=manifest, progress=progress)
     if run.detached:
         emit(run.detached_message)
         return 0

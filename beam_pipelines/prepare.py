@@ -33,22 +33,23 @@ from typing import Iterable, Iterator
 import apache_beam as beam
 import numpy as np
 
-from dpcore.compression import compress_channel, control_histogram, illumination_picture
+from dpcore.charts import illumination_function
+from dpcore.compression import compress_channel, control_histogram
 from dpcore.config import Config
-from dpcore.illumination import (PlateAccumulator, compute_statistics, merge_accumulators, read_statistics,
-                                 site_contribution, write_statistics)
+from dpcore.illumination import (PlateAccumulator, compute_statistics, few_images_warning, merge_accumulators,
+                                 read_statistics, site_contribution, write_statistics)
 from dpcore.images import ImageReadError, decode_image, encode_png, read_image
 from dpcore.layout import ProjectLayout, UnsafePathError
 from dpcore.locking import output_lock
 from dpcore.metadata import Site, scan_index
-from dpcore.sites import raw_image_paths, read_stack
+from dpcore.sites import compressed_image_paths, raw_image_paths, read_stack
 from dpcore.storage import StoragePath, remove_stale_temporaries
 
 from beam_pipelines.context import CommandContext
 from beam_pipelines.dead_letter import WriteDeadLetters, failure, read_failures, report_failures
 from beam_pipelines.index import ReadSites
-from beam_pipelines.progress import inc_counter
-from beam_pipelines.running import run_pipeline
+from beam_pipelines.progress import OutputProgress, inc_counter
+from beam_pipelines.running import describe_graph, run_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +100,15 @@ class PrepareSettings:
     def manifest(self, plate: str) -> StoragePath:
         return self.plate_dir(plate) / MANIFEST_NAME
 
+    def compressed_plate_dir(self, plate: str) -> StoragePath:
+        return self.layout.compressed_images_dir / plate
+
+    def picture(self, plate: str, channel: str) -> StoragePath:
+        return self.plate_dir(plate) / f"{plate}_illumination_{channel}.png"
+
+    def site_pngs(self, site: Site) -> list[StoragePath]:
+        return compressed_image_paths(self.layout, site)
+
     def is_control(self, site: Site) -> bool:
         if not self.label_field or self.control_value is None:
             return False
@@ -109,6 +119,38 @@ class PrepareSettings:
         return self.layout.intensities_dir / "_failed" / "prepare-failures.jsonl"
 
 
+# ------------------------------------------------------------ earlier outputs
+class ClearPlateOutputs(beam.DoFn):
+    """Remove what an earlier run published for a plate whose statistics this run computes afresh.
+
+    Its PNGs were made with the earlier illumination function: kept, a site that fails now would keep
+    them under their final names and export-sc would crop them as if current. The commit marker goes
+    first, so a crash half-way leaves a plate that is not complete, never a complete one with a mix.
+    Plates resumed from committed statistics are not cleared (their PNGs match those statistics).
+    """
+
+    def __init__(self, settings: PrepareSettings):
+        self.settings = settings
+
+    def process(self, plate: str) -> Iterator[str]:
+        s = self.settings
+        earlier = [s.manifest(plate), s.layout.intensities_file(plate)]
+        earlier += [s.picture(plate, channel) for channel in s.channels]
+        removed = 0
+        for path in earlier:
+            if path.exists():
+                path.remove()
+                removed += 1
+        pngs = s.compressed_plate_dir(plate)
+        if pngs.exists():
+            removed += len(pngs.glob("*.png"))
+            pngs.remove(recursive=True)
+        if removed:
+            inc_counter(NAMESPACE, "earlier_files_removed", removed)
+            logger.info("plate %s: removed %d file(s) of an earlier run before recomputing it", plate, removed)
+        yield plate
+
+
 # ---------------------------------------------------------------- statistics
 class ReadSiteContribution(beam.DoFn):
     """Read a site's channels and reduce them at once to its statistics contribution."""
@@ -116,7 +158,8 @@ class ReadSiteContribution(beam.DoFn):
     def __init__(self, settings: PrepareSettings):
         self.settings = settings
 
-    def process(self, site: Site) -> Iterator:
+    def process(self, site: Site, cleared_plates: list | None = None) -> Iterator:
+        del cleared_plates  # only orders this step after the clearing of earlier outputs
         s = self.settings
         try:
             paths = raw_image_paths(s.layout, site)
@@ -163,9 +206,10 @@ class WritePlateStatistics(beam.DoFn):
 
     def _publish(self, plate: str, stats) -> tuple[str, str]:
         s = self.settings
+        warning = few_images_warning(plate, stats.image_count)  # the launcher printed it; drawn on the pictures
         for c, channel in enumerate(s.channels):
-            picture = s.plate_dir(plate) / f"{plate}_illumination_{channel}.png"
-            picture.write_bytes(illumination_picture(stats.illum_correction_function[:, :, c], f"{plate} {channel}"))
+            s.picture(plate, channel).write_bytes(illumination_function(
+                stats.illum_correction_function[:, :, c], plate, channel, stats.image_count, warning))
         path = s.layout.intensities_file(plate)
         write_statistics(path, stats)  # the plate's statistics are committed here
         inc_counter(NAMESPACE, "plates_computed")
@@ -184,8 +228,10 @@ class CompressSite(beam.DoFn):
     # Plates' functions are tens of MB each: keep only the last few per DoFn instance.
     CACHED_PLATES = 4
 
-    def __init__(self, settings: PrepareSettings):
+    def __init__(self, settings: PrepareSettings, resumed_plates: frozenset[str]):
         self.settings = settings
+        # Only a plate whose statistics were committed by an earlier run can have PNGs made with them.
+        self.resumed_plates = frozenset() if settings.overwrite else resumed_plates
 
     def setup(self) -> None:
         self._statistics: OrderedDict[str, object] = OrderedDict()
@@ -208,12 +254,27 @@ class CompressSite(beam.DoFn):
                 yield site.plate, self._compress(site, self._plate_statistics(ready_plates[site.plate]))
             except (ImageReadError, UnsafePathError) as error:
                 inc_counter(NAMESPACE, "sites_failed")
-                yield beam.pvalue.TaggedOutput("failed", failure("compression", site.key, str(error)))
+                reason = str(error) + self._remove_earlier_pngs(site)
+                yield beam.pvalue.TaggedOutput("failed", failure("compression", site.key, reason))
+
+    def _remove_earlier_pngs(self, site: Site) -> str:
+        """A failed site has no PNG under a final name: none from an earlier run either."""
+        try:
+            removed = [path for path in self.settings.site_pngs(site) if path.exists()]
+        except UnsafePathError:
+            return ""
+        for path in removed:
+            path.remove()
+        if not removed:
+            return ""
+        inc_counter(NAMESPACE, "earlier_files_removed", len(removed))
+        return f"; its {len(removed)} PNG(s) from an earlier run were removed"
 
     def _compress(self, site: Site, stats) -> np.ndarray:
         s = self.settings
-        targets = [s.layout.compressed_image_file(site.plate, relative) for relative in site.channel_files]
-        compressed = [None if s.overwrite else self._committed(target) for target in targets]
+        targets = s.site_pngs(site)
+        trusted = site.plate in self.resumed_plates
+        compressed = [self._committed(target) if trusted else None for target in targets]
         raw = {c: read_image(s.layout.image_file(site.channel_files[c]), (s.height, s.width))
                for c, done in enumerate(compressed) if done is None}
         for c, image in raw.items():
@@ -259,7 +320,7 @@ class FinalizePlate(beam.DoFn):
                     "settings": s.fingerprint}
         # Every PNG of the plate is written (this step follows them all): a temporary file left in the
         # plate's folders now is from an attempt the runner abandoned (a lost worker), so it goes.
-        remove_stale_temporaries(s.layout.compressed_images_dir / plate, beam_sink_folders=False)
+        remove_stale_temporaries(s.compressed_plate_dir(plate), beam_sink_folders=False)
         remove_stale_temporaries(s.plate_dir(plate), beam_sink_folders=False)
         s.manifest(plate).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         inc_counter(NAMESPACE, "plates_committed")
@@ -295,11 +356,18 @@ class PreparePlates(beam.PTransform):
         read = pbegin | "ReadSites" >> ReadSites(self.index_path, s.channels)
         sites = read["sites"] | "PlatesToProcess" >> beam.Filter(lambda site, plates: site.plate in plates,
                                                                  self.plates)
+        fresh_plates = sorted(self.plates - frozenset(self.resume_plates))
+        cleared = (
+            pbegin
+            | "PlatesComputedAfresh" >> beam.Create(fresh_plates)
+            | "ClearEarlierOutputs" >> beam.ParDo(ClearPlateOutputs(s))
+        )
         contributions = (
             sites
             | "SitesNeedingStatistics" >> beam.Filter(lambda site, done: site.plate not in done,
                                                       frozenset(self.resume_plates))
-            | "ReadSiteContributions" >> beam.ParDo(ReadSiteContribution(s)).with_outputs("failed", main="ok")
+            | "ReadSiteContributions" >> beam.ParDo(ReadSiteContribution(s), beam.pvalue.AsList(cleared))
+            .with_outputs("failed", main="ok")
         )
         computed = (
             contributions.ok
@@ -317,7 +385,8 @@ class PreparePlates(beam.PTransform):
         )
         failures = [read["failed"], contributions.failed, computed.failed, missing]
         if s.compress:
-            compressed = sites | "CompressSites" >> beam.ParDo(CompressSite(s), ready_dict).with_outputs(
+            compressed = sites | "CompressSites" >> beam.ParDo(
+                CompressSite(s, frozenset(self.resume_plates)), ready_dict).with_outputs(
                 "failed", main="ok")
             failures.append(compressed.failed)
             controls = compressed.ok | "SumControlHistograms" >> beam.CombinePerKey(sum)
@@ -335,7 +404,7 @@ def plan_plates(settings: PrepareSettings, plates: list[str]) -> tuple[list[str]
     todo, resume, complete = [], {}, []
     for plate in plates:
         if settings.overwrite:
-            todo.append(plate)
+            todo.append(plate)  # its earlier outputs are removed by the pipeline first
             continue
         manifest = settings.manifest(plate)
         if manifest.exists():
@@ -355,16 +424,29 @@ def plan_plates(settings: PrepareSettings, plates: list[str]) -> tuple[list[str]
 def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     config = context.load_config("prepare")
     context = context.with_config_paths(config)
-    scan = scan_index(context.layout.index_file, config, "prepare")  # fail fast on a bad index
+    scan = scan_index(context.layout.index_file, config, "prepare",  # fail fast on a bad index
+                      count_columns=("Metadata_Plate",))
     plates = sorted(scan.plates)
     settings = PrepareSettings.from_config(context.layout, config, overwrite=args.overwrite)
     emit(f"prepare: {len(plates)} plate(s), {scan.sites} site(s), {len(config.channels)} channel(s); "
          f"compression {'on' if settings.compress else 'off'}")
+    if args.dry_run:
+        todo, resume, _ = plan_plates(settings, plates)
+        if todo:
+            for line in describe_graph(lambda pipeline: pipeline | "Prepare" >> PreparePlates(
+                    settings, str(settings.layout.index_file), frozenset(todo), resume), context.beam_args):
+                emit(line)
+        emit(f"dry run: {len(todo)} plate(s) would be processed, {len(plates) - len(todo)} are complete")
+        return 0
     with output_lock(context.layout.intensities_dir, "prepare"):
         remove_stale_temporaries(context.layout.compressed_images_dir)  # prepare writes there too
         todo, resume, complete = plan_plates(settings, plates)
         for plate in complete:
             emit(f"plate {plate}: already complete ({settings.manifest(plate)}); --overwrite recomputes it")
+        for plate in todo:
+            warning = None if plate in resume else few_images_warning(plate, scan.values["Metadata_Plate"][plate])
+            if warning:
+                emit(f"warning: {warning} (the pictures in {settings.plate_dir(plate)} show it)")
         if not todo:
             return 0
         logger.info("prepare: %d plate(s) to process (%d resuming from committed statistics), %d already "
@@ -373,7 +455,7 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
             lambda pipeline: pipeline | "Prepare" >> PreparePlates(settings, str(settings.layout.index_file),
                                                                    frozenset(todo), resume),
             context.beam_args, NAMESPACE, detach=getattr(args, "detach", False),
-            commit=settings.manifest(todo[-1]))
+            commit=settings.manifest(todo[-1]), progress=_progress(settings, todo, scan))
     if run.detached:
         emit(run.detached_message)
         return 0
@@ -383,9 +465,21 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     if settings.compress:
         emit("PNGs written: {pngs_written}; already committed and kept: {pngs_already_committed}; "
              "control sites: {control_sites}".format_map(_Zero(counters)))
+    if counters.get("earlier_files_removed"):
+        emit(f"earlier outputs removed: {counters['earlier_files_removed']} file(s) of plates recomputed "
+             f"and of sites that failed (no file under a final name is from an earlier run)")
     emit(f"outputs: {context.layout.intensities_dir} and "
          f"{context.layout.compressed_images_dir if settings.compress else '(compression off)'}")
     return report_failures(read_failures(settings.failures_file), settings.failures_file, emit)
+
+
+def _progress(settings: PrepareSettings, todo: list[str], scan) -> OutputProgress:
+    """PNGs written (or, without compression, plates' statistics), counted while the job runs."""
+    if settings.compress:
+        sites = sum(scan.values["Metadata_Plate"].get(plate, 0) for plate in todo)
+        return OutputProgress("prepare", [settings.compressed_plate_dir(plate) for plate in todo], ".png",
+                              "PNGs", sites * len(settings.channels))
+    return OutputProgress("prepare", [settings.plate_dir(plate) for plate in todo], ".npz", "plates", len(todo))
 
 
 class _Zero(dict):

@@ -31,7 +31,7 @@ import io
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Iterator, Sequence
 
 import apache_beam as beam
@@ -53,8 +53,8 @@ from dpcore.storage import StoragePath, as_storage_path
 from beam_pipelines.context import CommandContext, UsageError
 from beam_pipelines.dead_letter import WriteDeadLetters, failure, read_failures, report_failures
 from beam_pipelines.index import ReadSites
-from beam_pipelines.progress import inc_counter
-from beam_pipelines.running import run_pipeline
+from beam_pipelines.progress import OutputProgress, inc_counter
+from beam_pipelines.running import describe_graph, run_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -324,7 +324,10 @@ def resolve_checkpoint(layout: ProjectLayout, name: str | None) -> StoragePath |
     return layout.checkpoint_dir / name
 
 
-def build_spec(layout: ProjectLayout, config: Config, pretrained: str | None) -> FeatureModelSpec:
+def build_spec(layout: ProjectLayout, config: Config, pretrained: str | None,
+               missing_checkpoint_ok: bool = False) -> FeatureModelSpec:
+    """What profile will run. ``missing_checkpoint_ok`` (validate, before training) builds the model without a
+    ``profile.checkpoint`` that does not exist yet, so its layer can still be checked."""
     model = config.train.model
     source_box = config.dataset.locations.box_size
     crop_shape = (source_box, source_box, len(config.channels))
@@ -345,8 +348,11 @@ def build_spec(layout: ProjectLayout, config: Config, pretrained: str | None) ->
     classes = 2
     if checkpoint is not None:
         if not checkpoint.exists():
-            raise UsageError(f"profile.checkpoint {config.profile.checkpoint!r}: {checkpoint} does not exist")
-        classes = classes_in_checkpoint(checkpoint) or classes
+            if not missing_checkpoint_ok:
+                raise UsageError(f"profile.checkpoint {config.profile.checkpoint!r}: {checkpoint} does not exist")
+            checkpoint = None
+        else:
+            classes = classes_in_checkpoint(checkpoint) or classes
     return FeatureModelSpec(model.name, model.params.conv_blocks, config.profile.feature_layer, crop_shape,
                             num_classes=classes, checkpoint=str(checkpoint) if checkpoint else None)
 
@@ -384,6 +390,15 @@ def describe(spec: FeatureModelSpec, dimension: int, config: Config) -> dict:
     }
 
 
+def _progress(layout: ProjectLayout, scan, overwrite: bool) -> OutputProgress:
+    """Sites' Parquet files written while the job runs, out of those not committed before it."""
+    watched = OutputProgress("profile", [layout.features_dir / plate for plate in sorted(scan.plates)],
+                             ".parquet", "sites", scan.sites)
+    if overwrite or not watched.local:
+        return watched
+    return replace(watched, total=max(scan.sites - watched.count_since(0.0), 0))  # skipped sites are not work
+
+
 def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     config = context.load_config("profile")
     context = context.with_config_paths(config)
@@ -413,12 +428,18 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
          f"{'' if args.overwrite else ' (committed sites are skipped)'}; model {spec.model_name} "
          f"(conv_blocks {spec.conv_blocks}), layer {spec.feature_layer} -> {dimension} features per cell")
     record_file = features.run_record_file(layout.features_dir, index_path)
+    build_profile = (lambda pipeline: build(pipeline, source, spec, config.profile.batch_size, index_path,
+                                            args.overwrite, description, args.inference_accelerator))
+    if args.dry_run:
+        for line in describe_graph(build_profile, local_parallelism(context.beam_args)):
+            emit(line)
+        return 0
     with output_lock(layout.features_dir, "profile"):
         run = run_pipeline(
-            lambda pipeline: build(pipeline, source, spec, config.profile.batch_size, index_path, args.overwrite,
-                                   description, args.inference_accelerator),
+            build_profile,
             local_parallelism(context.beam_args), NAMESPACE, detach=getattr(args, "detach", False),
-            commit=record_file)
+            commit=record_file,
+            progress=_progress(layout, scan, args.overwrite))
     if run.detached:
         emit(run.detached_message)
         return 0

@@ -25,7 +25,7 @@ from apache_beam.runners.runner import PipelineState
 
 from dpcore.storage import StoragePath
 
-from beam_pipelines.progress import counter_values
+from beam_pipelines.progress import OutputProgress, counter_values, reporting
 
 logger = logging.getLogger(__name__)
 
@@ -44,18 +44,22 @@ class PipelineRun:
 
 def run_pipeline(build: Callable[[beam.Pipeline], None], beam_args: Sequence[str], namespace: str, *,
                  detach: bool = False, commit: StoragePath | None = None,
+                 progress: OutputProgress | None = None,
                  test_pipeline: beam.Pipeline | None = None) -> PipelineRun:
     """Build the pipeline with ``build(pipeline)`` and run it.
 
     ``detach``: return as soon as the runner accepted the job (the DirectRunner
     runs it to the end before accepting anything). ``commit`` names the file
-    whose appearance tells that the job finished, for the message.
+    whose appearance tells that the job finished, for the message. ``progress``
+    is logged periodically while a job writing to local folders runs.
     """
     options = PipelineOptions(list(beam_args))
     handoff = engine_handoff(options, namespace) if detach and test_pipeline is None else None
     pipeline = test_pipeline or beam.Pipeline(options=options)
     build(pipeline)
-    result = pipeline.run()
+    with reporting(None if detach else progress):
+        result = pipeline.run()
+        state = None if detach else result.wait_until_finish()
     if detach:
         if handoff is not None:
             handoff.wait_until_the_engine_has_the_job()
@@ -65,10 +69,41 @@ def run_pipeline(build: Callable[[beam.Pipeline], None], beam_args: Sequence[str
         return PipelineRun(detached=True, result=result, detached_message=(
             f"submitted{f' as job {job_id}' if job_id else ''} (--detach): the pipeline commits its own outputs"
             f"{where}; failures go to its dead-letter file"))
-    state = result.wait_until_finish()
     if state not in (None, PipelineState.DONE):
         raise PipelineFailed(f"the pipeline ended in state {state}")
     return PipelineRun(counters=counter_values(result, namespace), result=result)
+
+
+def describe_graph(build: Callable[[beam.Pipeline], None], beam_args: Sequence[str], depth: int = 2) -> list[str]:
+    """``--dry-run``: build the pipeline as a run would, translate it, and list its steps; run nothing.
+
+    Building reads no input and writes nothing (the steps only read and write when they run), so this
+    shows what would be submitted to the chosen runner without touching the project.
+    """
+    options = PipelineOptions(list(beam_args))
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    pipeline = beam.Pipeline(runner=beam.runners.DirectRunner(), options=options)  # never submitted
+    build(pipeline)
+    proto = pipeline.to_runner_api()
+    components = proto.components
+    transforms = components.transforms
+    names: list[str] = []
+
+    def visit(transform_id: str, level: int) -> None:  # in the order the pipeline was built
+        transform = transforms[transform_id]
+        named = bool(transform.unique_name) and not transform.unique_name.startswith("ref_")
+        if named:
+            names.append("  " * level + transform.unique_name.rsplit("/", 1)[-1])
+        if not named or level + 1 < depth:  # unnamed wrappers do not count as a level
+            for child in transform.subtransforms:
+                visit(child, level + named)
+
+    for root in proto.root_transform_ids:
+        visit(root, 0)
+    leaves = sum(1 for t in transforms.values() if not t.subtransforms)
+    lines = [f"dry run: built the job graph for {runner} ({leaves} primitive steps, "
+             f"{len(components.pcollections)} collections); nothing was run, written or removed. Steps:"]
+    return lines + [f"  {name}" for name in names]
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,12 @@ import logging
 
 from dpcore.checkpoints import CheckpointError
 from dpcore.config import Config
+from dpcore.layout import ProjectLayout
 from dpcore.locking import output_lock
 from dpcore.profiling import pretrained_weights_file
 from dpcore.training import TrainingError, TrainingPlan, checkpoint_name
+from dpcore.storage import StoragePath, as_storage_path
+from dpcore.tensorflow_runtime import load_tensorflow
 from dpcore.training_data import ExportInfo, TrainingDataError
 
 from beam_pipelines.context import CommandContext, UsageError
@@ -24,8 +27,31 @@ from beam_pipelines.context import CommandContext, UsageError
 logger = logging.getLogger(__name__)
 
 
+def check_config(config: Config, pretrained_weights: StoragePath) -> None:
+    """Refuse, before reading any data, a config that cannot train (also run by ``validate``)."""
+    model = config.train.model
+    generator = model.crop_generator
+    if generator == "repeat_channel_crop_generator":
+        raise TrainingError("crop_generator repeat_channel_crop_generator is for profiling with ImageNet models, "
+                            "not for training; use sampled_crop_generator, online_labels_cropgen or "
+                            "full_image_crop_generator")
+    if generator == "full_image_crop_generator" and config.dataset.locations.mode != "full_image":
+        raise TrainingError("crop_generator full_image_crop_generator needs dataset.locations.mode "
+                            "'full_image' (and an export made in that mode)")
+    if model.initialization == "imagenet" and not pretrained_weights.exists():
+        raise TrainingError(f"train.model.initialization ImageNet needs the Keras ImageNet 'notop' weights for "
+                            f"{model.name}, which cannot be downloaded here: put the file at {pretrained_weights} "
+                            f"or pass --pretrained-weights FILE")
+
+
+def pretrained_weights(layout: ProjectLayout, config: Config, given: str | None) -> StoragePath:
+    model = config.train.model
+    return as_storage_path(given) if given else pretrained_weights_file(layout.pretrained_dir, model.name,
+                                                                        model.params.conv_blocks)
+
+
 def check_inputs(config: Config, info: ExportInfo) -> None:
-    """Refuse, before training, what cannot train."""
+    """Refuse, before training, what cannot train on this export."""
     partition = config.train.partition
     if info.box_size != config.dataset.locations.box_size:
         raise TrainingError(f"the export at {info.folder} has {info.box_size}-pixel crops but "
@@ -44,14 +70,6 @@ def check_inputs(config: Config, info: ExportInfo) -> None:
     if config.train.model.checkpoint_policy == "best" and not info.counts.get(
             {"val": "validation", "train": "training", "all": "training"}[frame]):
         raise TrainingError("checkpoint_policy 'best' needs validation data")
-    generator = config.train.model.crop_generator
-    if generator == "repeat_channel_crop_generator":
-        raise TrainingError("crop_generator repeat_channel_crop_generator is for profiling with ImageNet models, "
-                            "not for training; use sampled_crop_generator, online_labels_cropgen or "
-                            "full_image_crop_generator")
-    if generator == "full_image_crop_generator" and config.dataset.locations.mode != "full_image":
-        raise TrainingError("crop_generator full_image_crop_generator needs dataset.locations.mode "
-                            "'full_image' (and an export made in that mode)")
 
 
 def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
@@ -59,14 +77,17 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     context = context.with_config_paths(config)
     context.select_gpu()
     layout = context.layout
+    pretrained = pretrained_weights(layout, config, args.pretrained_weights)
     try:
+        check_config(config, pretrained)
         info = ExportInfo.read(layout.single_cells_dir)
         check_inputs(config, info)
     except (TrainingDataError, TrainingError) as error:
         raise UsageError(str(error)) from error
 
-    import keras  # noqa: PLC0415 -- TensorFlow loads only when training really starts
-    import tensorflow as tf  # noqa: PLC0415
+    tf = load_tensorflow()  # TensorFlow loads only when training really starts
+    import keras  # noqa: PLC0415
+
     from dpcore.trainer import DataSettings, Trainer  # noqa: PLC0415
 
     seed = 0 if args.seed is None else args.seed
@@ -74,10 +95,8 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
         keras.utils.set_random_seed(args.seed)
         tf.config.experimental.enable_op_determinism()
     model = config.train.model
-    pretrained = args.pretrained_weights or pretrained_weights_file(layout.pretrained_dir, model.name,
-                                                                     model.params.conv_blocks).url
     plan = TrainingPlan.from_config(config, info.num_classes,
-                                    (info.box_size, info.box_size, info.channels), pretrained)
+                                    (info.box_size, info.box_size, info.channels), pretrained.url)
     sampling, validation = config.train.sampling, config.train.validation
     data = DataSettings(cache_size=sampling.cache_size, workers=sampling.workers, factor=sampling.factor,
                         augmentations=model.augmentations, validation_frame=validation.frame,

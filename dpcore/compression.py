@@ -8,12 +8,10 @@ upper percentile)], stretch to 0..255 and save as PNG.
 
 from __future__ import annotations
 
-import io
 import logging
 
 import numpy as np
 import skimage.transform
-from PIL import Image, ImageDraw
 
 logger = logging.getLogger(__name__)
 
@@ -46,19 +44,3 @@ def compress_channel(image: np.ndarray, illumination: np.ndarray, scaling_factor
 def control_histogram(compressed: np.ndarray) -> np.ndarray:
     """256-bin histogram of one compressed (uint8) channel, as float64."""
     return np.bincount(compressed.ravel(), minlength=CONTROL_BINS).astype(np.float64)
-
-
-def illumination_picture(function: np.ndarray, label: str) -> bytes:
-    """A PNG a person can judge a correction function by: the function
-    stretched to grey levels, with its channel name and range written on it."""
-    low, high = float(function.min()), float(function.max())
-    span = high - low if high > low else 1.0
-    grey = np.rint((function - low) / span * 255.0).astype(np.uint8)
-    image = Image.fromarray(grey).convert("RGB")
-    draw = ImageDraw.Draw(image)
-    text = f"{label}: {low:.3f} (black) .. {high:.3f} (white)"
-    draw.rectangle((0, 0, 8 + 6 * len(text), 14), fill=(0, 0, 0))
-    draw.text((4, 2), text, fill=(255, 255, 0))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()

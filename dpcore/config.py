@@ -16,10 +16,11 @@ command never demands sections it does not use.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Literal, Mapping, Union
 
 from dpcore.storage import StoragePath, as_storage_path
@@ -230,6 +231,14 @@ class Config:
     paths: Mapping[str, str] = field(default_factory=dict)
     source: str = "<memory>"
     fingerprint: str = ""
+    # Keys the config has that dpbeam does not use, each with the known key it most resembles (or None):
+    # ``dataset.locations.box_szie`` -> ``dataset.locations.box_size``.
+    unknown_keys: Mapping[str, str | None] = field(default_factory=dict)
+
+    @property
+    def misspelt_keys(self) -> dict[str, str]:
+        """Unknown keys that are very likely typos of a known key."""
+        return {key: known for key, known in self.unknown_keys.items() if known}
 
     def get(self, key_path: str) -> Any:
         """The value at a dotted key path such as ``train.model.name``."""
@@ -242,9 +251,12 @@ class Config:
         """Fail with every missing key that ``command`` needs."""
         missing = [k for k in REQUIRED_KEYS.get(command, ()) + tuple(extra) if self.get(k) is None]
         if missing:
+            typos = {known: key for key, known in self.misspelt_keys.items()}
             raise ConfigError(
                 self.source,
-                [f"{key} is required by the {command!r} command but is not set" for key in missing],
+                [f"{key} is required by the {command!r} command but is not set"
+                 + (f" (the config has {typos[key]}: did you mean {key.rsplit('.', 1)[-1]}?)" if key in typos else "")
+                 for key in missing],
             )
 
     @property
@@ -264,7 +276,7 @@ def _describe(value: Any) -> str:
 class _Reader:
     """Walks one JSON object, recording problems and unknown keys by key path."""
 
-    def __init__(self, data: Mapping[str, Any], path: str, problems: list[str], unknown: list[str]):
+    def __init__(self, data: Mapping[str, Any], path: str, problems: list[str], unknown: dict[str, str | None]):
         self.data = data
         self.path = path
         self.problems = problems
@@ -302,7 +314,12 @@ class _Reader:
     def finish(self) -> None:
         for name in self.data:
             if name not in self.used:
-                self.unknown.append(self.key(name))
+                self.unknown[self.key(name)] = self._closest_known(name)
+
+    def _closest_known(self, name: str) -> str | None:
+        """The known key of this section a typo most likely meant (``box_szie`` -> ``box_size``)."""
+        close = difflib.get_close_matches(name.lower(), sorted(self.used), n=1, cutoff=0.75)
+        return self.key(close[0]) if close else None
 
 
 # ------------------------------------------------------------------ converters
@@ -565,7 +582,7 @@ def parse_config(data: Any, source: str = "<memory>") -> Config:
     if not isinstance(data, dict):
         raise ConfigError(source, [f"the top level must be a JSON object, got {_describe(data)}"])
     problems: list[str] = []
-    unknown: list[str] = []
+    unknown: dict[str, str | None] = {}
     top = _Reader(data, "", problems, unknown)
     config = Config(
         dataset=_read_dataset(top.section("dataset")),
@@ -577,9 +594,13 @@ def parse_config(data: Any, source: str = "<memory>") -> Config:
         fingerprint=fingerprint(data),
     )
     top.finish()
+    config = replace(config, unknown_keys=dict(unknown))
     _cross_checks(config, problems)
-    for key in unknown:
-        logger.warning("config %s: key %s is not a DeepProfiler config key dpbeam uses; ignored", source, key)
+    for key, known in unknown.items():
+        if known:
+            logger.warning("config %s: key %s is not a config key; did you mean %s? (ignored)", source, key, known)
+        else:
+            logger.warning("config %s: key %s is not a DeepProfiler config key dpbeam uses; ignored", source, key)
     if problems:
         raise ConfigError(source, problems)
     return config

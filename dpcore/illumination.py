@@ -36,6 +36,18 @@ MAX_IMAGES_PER_PLATE = int(np.iinfo(np.int64).max // (65536 * FIXED_POINT_SCALE)
 LOWER_PERCENTILE_PROBABILITY = 0.0001
 UPPER_PERCENTILE_PROBABILITY = 0.9999
 ROBUST_MINIMUM_PERCENTILE = 2
+# The function is a median-filtered mean image: averaged over few images, the cells themselves survive the
+# mean and the function is blotchy (the 12-site example shows it). Plates of a screen have hundreds to
+# thousands of images per channel; below this many, prepare warns in its output, its log and the pictures.
+MIN_IMAGES_FOR_A_SMOOTH_FUNCTION = 50
+
+
+def few_images_warning(plate: str, images: int) -> str | None:
+    """The warning for a plate whose function averages too few images, or None."""
+    if images >= MIN_IMAGES_FOR_A_SMOOTH_FUNCTION:
+        return None
+    return (f"only {images} image(s) per channel in plate {plate}: an illumination function needs about "
+            f"{MIN_IMAGES_FOR_A_SMOOTH_FUNCTION} or more to be smooth; this one keeps the cells' own pattern")
 
 
 class PlateShapeError(ValueError):

@@ -23,11 +23,13 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable
 
-import keras
 import numpy as np
-import tensorflow as tf
 
 from dpcore.config import MODEL_CONV_BLOCKS
+from dpcore.tensorflow_runtime import load_tensorflow
+
+tf = load_tensorflow()  # before Keras, which would load TensorFlow loudly
+import keras  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

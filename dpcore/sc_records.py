@@ -35,6 +35,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from dpcore.storage import StoragePath
+from dpcore.tensorflow_runtime import load_tensorflow
 
 FEATURE_SPEC_VERSION = 1
 SPLITS = ("training", "validation", "other")
@@ -56,7 +57,7 @@ class CellRecord:
 
 
 def _tf():
-    import tensorflow as tf  # noqa: PLC0415 -- TF only when records are built or read
+    tf = load_tensorflow()
     return tf
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from dpcore.compression import output_shape
 from dpcore.config import Config, ConfigError
 from dpcore.crops import CropBatch, cell_boxes, cut_crops, full_image_centres, object_ids
-from dpcore.images import read_image
+from dpcore.images import ImageReadError, read_image
 from dpcore.layout import ProjectLayout, resolve_inside
 from dpcore.locations import LocationsError, read_locations
 from dpcore.metadata import Site, check_columns, read_index
@@ -83,8 +83,17 @@ class CellSource:
         return self.height, self.width
 
     def read_image(self, site: Site) -> np.ndarray:
-        paths = (compressed_image_paths if self.use_compressed else raw_image_paths)(self.layout, site)
-        return read_stack(paths, self.image_shape)
+        if not self.use_compressed:
+            return read_stack(raw_image_paths(self.layout, site), self.image_shape)
+        try:
+            return read_stack(compressed_image_paths(self.layout, site), self.image_shape)
+        except ImageReadError as error:
+            if "file not found" not in str(error):
+                raise
+            # prepare removes a failed site's PNGs, so a missing one is usually a failure upstream.
+            raise ImageReadError(f"{error} (prepare has not written this site's compressed PNGs: it was not "
+                                 f"run, or it failed for this site; see "
+                                 f"{self.layout.intensities_dir / '_failed' / 'prepare-failures.jsonl'})") from error
 
     def centres(self, site: Site) -> np.ndarray:
         """Cell centres in original pixels; raises LocationsError/LocationsMissing."""

@@ -12,20 +12,25 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from dpcore import models
+from dpcore.charts import training_curves
 from dpcore.checkpoints import CheckpointError, load_weights_by_name, read_layer_weights, save_weights
 from dpcore.layout import ProjectLayout
+from dpcore.progress import Progress
 from dpcore.storage import StoragePath
+from dpcore.tensorflow_runtime import load_tensorflow
 from dpcore.training import (EpochSums, PlateauController, TrainingError, TrainingPlan, checkpoint_name,
-                             curves_picture, initial_soft_labels, is_chief, read_log, update_soft_labels,
+                             initial_soft_labels, is_chief, read_log, update_soft_labels,
                              write_log)
 from dpcore.training_data import ExportInfo, cells_per_epoch, steps_for, training_dataset, validation_dataset
 
 logger = logging.getLogger(__name__)
+
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,7 @@ def imagenet_initialise(model, plan: TrainingPlan) -> None:
 class Trainer:
     def __init__(self, plan: TrainingPlan, info: ExportInfo, data: DataSettings, layout: ProjectLayout,
                  labels: tuple[str, ...], strategy=None):
-        import tensorflow as tf  # noqa: PLC0415
+        tf = load_tensorflow()
         from dpcore.training import choose_strategy  # noqa: PLC0415
 
         self.tf = tf
@@ -160,12 +165,19 @@ class Trainer:
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         return iter(self.strategy.experimental_distribute_dataset(dataset.with_options(options)))
 
-    def train_epoch(self, batches) -> EpochSums:
+    def train_epoch(self, batches, epoch: int = 0) -> EpochSums:
         steps = steps_for(cells_per_epoch(self.info.label_counts.get("training", {}), self.plan.num_classes,
                                           self.data.factor), self.plan.batch_size)
         sums = EpochSums(self.plan.num_classes)
-        for _ in range(steps):
+        # An epoch takes minutes on a CPU: a line every DPBEAM_PROGRESS_SECONDS (15) says how far it is.
+        progress = Progress(f"epoch {epoch}/{self.plan.epochs}", steps, "steps",
+                            every_s=float(os.environ.get("DPBEAM_PROGRESS_SECONDS", "15")))
+        for step in range(1, steps + 1):
             sums.add({k: v.numpy() for k, v in self._train_step(next(batches)).items()})
+            if step == 1:
+                progress.restart(1)  # the first step traces and compiles: it says nothing about the rate
+            elif step < steps:
+                progress.update(step, f"loss {sums.loss / max(sums.examples, 1.0):.4g}")
         return sums
 
     def validate(self) -> EpochSums | None:
@@ -188,7 +200,7 @@ class Trainer:
         for epoch in range(first_epoch, plan.epochs + 1):
             rate = self.plateau.rate if plan.schedule == "plateau" else plan.learning_rate_for(epoch)
             self.optimizer.learning_rate.assign(rate)
-            sums = self.train_epoch(batches)
+            sums = self.train_epoch(batches, epoch)
             row = {"epoch": epoch, "learning_rate": rate, **sums.metrics(plan.metrics, plan.top_k)}
             improved = False
             if epoch % plan.validation_frequency == 0 or epoch == plan.epochs:
@@ -216,7 +228,8 @@ class Trainer:
         if self.plan.saves_checkpoint(epoch, improved):
             save_weights(self.model, layout.checkpoint_dir / checkpoint_name(epoch))
         write_log(layout.logs_dir / "log.csv", self.rows)
-        (layout.logs_dir / "training_curves.png").write_bytes(curves_picture(self.rows))
+        (layout.logs_dir / "training_curves.png").write_bytes(
+            training_curves(self.rows, f"{self.plan.model_name}: {len(self.labels)} classes"))
         if self.plan.online_labels:
             soft = {label: [round(float(v), 6) for v in self.soft_labels.numpy()[i]]
                     for i, label in enumerate(self.labels)}

@@ -28,6 +28,7 @@ import numpy as np
 
 from dpcore.config import Config, StepSchedule
 from dpcore.storage import StoragePath
+from dpcore.tensorflow_runtime import load_tensorflow
 
 logger = logging.getLogger(__name__)
 
@@ -168,49 +169,10 @@ def read_log(path: StoragePath) -> list[dict]:
     return [{k: (float(v) if k != "epoch" else int(v)) for k, v in row.items() if v != ""} for row in rows]
 
 
-def curves_picture(rows: list[dict], width: int = 720, height: int = 420) -> bytes:
-    """Training curves a person can read: loss and accuracy, training and validation, per epoch."""
-    from PIL import Image, ImageDraw  # noqa: PLC0415
-
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    panels = [("loss", ("loss", "val_loss")), ("accuracy", ("accuracy", "val_accuracy"))]
-    colours = {"loss": (31, 119, 180), "val_loss": (255, 127, 14), "accuracy": (31, 119, 180),
-               "val_accuracy": (255, 127, 14)}
-    panel_width = width // 2
-    epochs = [row["epoch"] for row in rows]
-    for p, (title, keys) in enumerate(panels):
-        left, top, right, bottom = p * panel_width + 50, 30, (p + 1) * panel_width - 15, height - 40
-        draw.rectangle((left, top, right, bottom), outline="black")
-        values = [row[k] for row in rows for k in keys if k in row]
-        if not values or not epochs:
-            continue
-        low, high = min(values), max(values)
-        high = high if high > low else low + 1.0
-        first, last = min(epochs), max(epochs)
-        span = max(last - first, 1)
-        draw.text((left, 10), title, fill="black")
-        draw.text((left - 45, top), f"{high:.3g}", fill="black")
-        draw.text((left - 45, bottom - 10), f"{low:.3g}", fill="black")
-        draw.text((left, bottom + 5), f"epoch {first}", fill="black")
-        draw.text((right - 50, bottom + 5), f"epoch {last}", fill="black")
-        for k, key in enumerate(keys):
-            points = [(left + (row["epoch"] - first) / span * (right - left),
-                       bottom - (row[key] - low) / (high - low) * (bottom - top)) for row in rows if key in row]
-            if len(points) > 1:
-                draw.line(points, fill=colours[key], width=2)
-            for x, y in points:
-                draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=colours[key])
-            draw.text((right - 110, top + 5 + 14 * k), key, fill=colours[key])
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 # ----------------------------------------------------------------- strategy
 def choose_strategy(gpus: str | None = None):
     """MultiWorkerMirrored when TF_CONFIG names several workers, Mirrored on GPUs, else the CPU."""
-    import tensorflow as tf  # noqa: PLC0415
+    tf = load_tensorflow()
 
     cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
     if len(cluster.get("worker", [])) + len(cluster.get("chief", [])) > 1:

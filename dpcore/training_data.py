@@ -22,6 +22,7 @@ import numpy as np
 
 from dpcore import sc_export, sc_records
 from dpcore.storage import StoragePath
+from dpcore.tensorflow_runtime import load_tensorflow
 
 logger = logging.getLogger(__name__)
 
@@ -103,14 +104,14 @@ def steps_for(cells: float, batch_size: int) -> int:
 
 
 def _decode(parsed, num_classes: int):
-    import tensorflow as tf  # noqa: PLC0415
+    tf = load_tensorflow()
     image = tf.cast(parsed["image"], tf.float32) / 255.0
     return image, tf.one_hot(parsed["label"], num_classes), parsed["label"], parsed["cell_index"]
 
 
 def augment(image, seed):
     """DeepProfiler's augmentations on one crop in [0, 1], driven by a stateless seed pair."""
-    import tensorflow as tf  # noqa: PLC0415
+    tf = load_tensorflow()
     seeds = tf.random.experimental.stateless_split(seed, num=7)
     height, width, channels = image.shape
     # With probability 1/2: a random crop of 80-100% of the side, resized back.
@@ -140,7 +141,7 @@ def training_dataset(info: ExportInfo, batch_size: int, cache_size: int, workers
     drains and refills at epoch boundaries (a stall when ``cache_size`` is
     large). Each pass over the shards draws a fresh balanced sample.
     """
-    import tensorflow as tf  # noqa: PLC0415
+    tf = load_tensorflow()
     files = info.files(("training",))
     counts = info.label_counts.get("training", {})
     keep = tf.constant(keep_probabilities(counts, info.num_classes, factor))
@@ -167,7 +168,7 @@ def training_dataset(info: ExportInfo, batch_size: int, cache_size: int, workers
 def validation_dataset(info: ExportInfo, frame: str, batch_size: int, sample_first_crops: bool,
                        workers: int):
     """Validation batches (no augmentation, no sampling); None when the frame has no cells."""
-    import tensorflow as tf  # noqa: PLC0415
+    tf = load_tensorflow()
     splits = {"val": ("validation",), "train": ("training",), "all": ("training", "validation")}[frame]
     files = info.files(splits)
     if not files or not info.cells(splits):

@@ -31,6 +31,7 @@ class ValidationReport:
     channels: tuple[str, ...] = ()
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    readiness: list[str] = field(default_factory=list)  # "ready for: ..." lines, one per verdict
 
     @property
     def ok(self) -> bool:
@@ -45,6 +46,7 @@ class ValidationReport:
             f"cells found: {c.get('cells', 0)} in {c.get('sites_with_locations', 0)} location file(s)",
         ]
         lines += [f"note: {n}" for n in self.notes]
+        lines += self.readiness
         if self.problems:
             lines.append(f"{len(self.problems)} problem(s):")
             lines += [f"  - {p}" for p in self.problems]
@@ -77,7 +79,10 @@ def _count_cells(layout: ProjectLayout, site: Site) -> tuple[int | None, str | N
         return None, f"site {site.key}: {error}"
 
 
-def validate_project(layout: ProjectLayout, config: Config) -> ValidationReport:
+def validate_project(layout: ProjectLayout, config: Config,
+                     commands: tuple[str, ...] = ("prepare", "export-sc")) -> ValidationReport:
+    """Check the index, every image header and every locations file; ``commands`` name the commands whose
+    index columns must be present."""
     report = ValidationReport(channels=config.channels)
     try:
         config.require("validate")
@@ -96,7 +101,7 @@ def validate_project(layout: ProjectLayout, config: Config) -> ValidationReport:
     except MetadataError as error:
         report.problems.append(str(error))
         return report
-    for command in ("export-sc", "prepare"):
+    for command in commands:
         try:
             check_columns(frame, required_columns(config, command), str(index_path))
         except MetadataError as error:

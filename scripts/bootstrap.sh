@@ -16,11 +16,15 @@ if ! .venv/bin/python -m uv --version >/dev/null 2>&1; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check uv \
     || echo "[bootstrap] uv unavailable: falling back to pip (slower)"
 fi
-echo "[bootstrap] installing dpbeam and its dependencies into .venv (pinned by constraints.txt)"
+started=$SECONDS
+echo "[bootstrap] installing dpbeam and its dependencies into .venv (pinned by constraints.txt;" \
+     "about a minute the first time, seconds afterwards)"
 if .venv/bin/python -m uv --version >/dev/null 2>&1; then
-  .venv/bin/python -m uv pip install --quiet --python .venv/bin/python --compile-bytecode \
+  # uv reports what it resolved and installed (a progress bar on a terminal).
+  .venv/bin/python -m uv pip install --python .venv/bin/python --compile-bytecode \
     --constraint constraints.txt --editable ".[test,gcp]"
 else
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check \
+  .venv/bin/python -m pip install --progress-bar on --disable-pip-version-check \
     --constraint constraints.txt --editable ".[test,gcp]"
 fi
+echo "[bootstrap] .venv ready in $((SECONDS - started)) s"

@@ -78,7 +78,7 @@ def dpbeam(*argv: str) -> tuple[int, str]:
 def test_the_whole_chain_runs_on_a_bucket(bucket, prepared):
     code, text = run_cli("--root", ROOT, "example")
     assert code == 0 and "74 file(s) written" in text, text
-    code, text = run_cli("--root", ROOT, "--config", "bbbc022.json", "validate")
+    code, text = run_cli("--root", ROOT, "--config", "bbbc022.json", "validate", "--commands", "prepare,export-sc")
     assert code == 0 and "cells found: 808" in text, text
 
     code, text = dpbeam("prepare")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -115,6 +117,35 @@ def test_validate_names_missing_columns_and_unknown_split_values(project, exampl
     assert "train.partition.validation value '7' matches no row of column 'Split'" in text
 
 
+def test_validate_refuses_what_the_commands_refuse(project, example_config_dict):
+    """validate runs each command's own pre-start checks: it never passes a config a command refuses."""
+    typo = json.loads(json.dumps(example_config_dict))
+    typo["dataset"]["locations"]["box_szie"] = typo["dataset"]["locations"].pop("box_size")
+    name = write_config(project, typo, "typo.json")
+    code, text = run("--root", str(project), "--config", name, "validate")
+    assert code == 1, text
+    assert "dataset.locations.box_szie is not a config key: did you mean 'box_size'" in text
+    assert ("export-sc: dataset.locations.box_size is required by the 'export-sc' command but is not set "
+            "(the config has dataset.locations.box_szie: did you mean box_size?)") in text
+    assert "config ready for: prepare; refused by: export-sc, train, profile" in text
+    code, refused = run("--root", str(project), "--config", name, "export-sc")
+    assert code == 2 and "did you mean box_size?" in refused
+
+    layer = json.loads(json.dumps(example_config_dict))
+    layer["profile"]["feature_layer"] = "block6a_activaton"
+    name = write_config(project, layer, "layer.json")
+    code, text = run("--root", str(project), "--config", name, "validate")
+    assert code == 1, text
+    assert ("profile: profile.feature_layer 'block6a_activaton' is not a layer of efficientnet"
+            in text) and "close matches: block6a_activation" in text
+    assert "config ready for: prepare, export-sc, train; refused by: profile" in text
+    # A config meant for some commands only is checked for those.
+    code, text = run("--root", str(project), "--config", name, "validate", "--commands", "prepare,export-sc")
+    assert code == 0 and "config ready for: prepare, export-sc" in text and "no problems found" in text
+    code, text = run("--root", str(project), "--config", name, "validate", "--commands", "prepare,trian")
+    assert code == 2 and "--commands takes names from prepare, export-sc, train, profile" in text
+
+
 def test_a_bad_config_fails_before_any_work_naming_the_key(project, example_config_dict):
     data = json.loads(json.dumps(example_config_dict))
     data["dataset"]["locations"]["box_size"] = "big"
@@ -163,3 +194,63 @@ def test_train_without_an_export_says_what_to_run(project):
 def test_profile_names_a_missing_checkpoint(project):
     code, text = run("--root", str(project), "--config", "bbbc022.json", "profile")
     assert code == 2 and "profile.checkpoint 'checkpoint_0003.hdf5'" in text and "does not exist" in text
+
+
+def _tree(root) -> dict[str, float]:
+    return {str(p.relative_to(root)): p.stat().st_mtime for p in sorted(root.rglob("*"))}
+
+
+def test_dry_run_builds_the_job_graph_and_touches_nothing(project):
+    before = _tree(project)
+    code, text = run("--root", str(project), "--config", "bbbc022.json", "prepare", "--dry_run")
+    assert code == 0, text
+    assert "dry run: built the job graph for DirectRunner" in text and "nothing was run, written or removed" in text
+    steps = text.splitlines()
+    assert steps.index("    ReadSiteContributions") < steps.index("    CompressSites") < steps.index(
+        "    FinalizePlates")  # the steps, in the order they run
+    assert "dry run: 1 plate(s) would be processed" in text and "PNGs written" not in text
+    # Beam's own spelling with a value, and another runner's graph: still nothing runs.
+    code, text = run("--root", str(project), "--config", "bbbc022.json", "export-sc", "--dry_run", "True",
+                     "--runner", "FlinkRunner")
+    assert code == 0 and "job graph for FlinkRunner" in text and "    WriteShards" in text, text
+    assert _tree(project) == before, "a dry run must not create, change or remove anything (not even a lock)"
+    with pytest.raises(SystemExit) as refused:
+        main(["--root", str(project), "--config", "bbbc022.json", "prepare", "--dry_run", "maybe"])
+    assert refused.value.code == 2
+
+
+def test_tensorflow_and_beam_start_up_lines_are_kept_out_unless_debug(project, example_config_dict):
+    """validate builds profile's model (TensorFlow loads); its C++ start-up lines are not problems."""
+    noise = ("oneDNN custom operations", "cudart_stub", "absl::InitializeLog", "cpu_feature_guard", "cuInit")
+    small = json.loads(json.dumps(example_config_dict))  # DeepProfiler's small cnn builds in a second
+    small["train"]["model"]["name"] = "cnn"
+    small["profile"].update({"feature_layer": "pool5", "checkpoint": None})
+    command = [sys.executable, "-m", "beam_pipelines", "--root", str(project), "--config",
+               write_config(project, small, "cnn.json"), "validate", "--commands", "profile"]
+    fresh = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as in a new shell
+    quiet = subprocess.run(command, capture_output=True, text=True, env=fresh)
+    assert quiet.returncode == 0, quiet.stdout + quiet.stderr
+    assert not [word for word in noise if word in quiet.stdout + quiet.stderr], quiet.stderr
+    loud = subprocess.run(command + ["--log-level", "DEBUG"], capture_output=True, text=True, env=fresh)
+    assert "oneDNN custom operations" in loud.stderr or "cudart_stub" in loud.stderr
+
+
+def test_an_unreachable_bucket_is_reported_at_once_with_the_cause(monkeypatch):
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")  # nothing listens on port 9
+    started = time.monotonic()
+    code, text = run("--root", "gs://no-such-bucket/project", "--config", "bbbc022.json", "validate")
+    assert code == 2 and time.monotonic() - started < 10
+    assert "cannot reach Cloud Storage at 127.0.0.1:9 for gs://no-such-bucket/project: Connection refused" in text
+
+
+def test_reachability_goes_through_the_proxy_when_one_is_set(monkeypatch):
+    from dpcore.reachability import _endpoint
+
+    for variable in ("STORAGE_EMULATOR_HOST", "HTTPS_PROXY", "https_proxy", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(variable, raising=False)
+    assert _endpoint("gs") == ("storage.googleapis.com", 443, "Cloud Storage")
+    assert _endpoint("s3") == ("s3.amazonaws.com", 443, "S3")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    assert _endpoint("gs") == ("proxy.internal", 3128, "Cloud Storage through the proxy http://proxy.internal:3128")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:5000")  # a local server is never proxied
+    assert _endpoint("s3") == ("127.0.0.1", 5000, "S3")

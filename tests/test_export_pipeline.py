@@ -108,8 +108,16 @@ def test_manifest_counts_and_picture(exported):
         assert (out / name).exists() and "-of-" in name
     csv = pd.read_csv(out / "sc-metadata.csv", dtype=str)
     assert len(csv) == 808 and {"Nuclei_Location_Center_X", "Label", "Shard", "Record"} <= set(csv.columns)
-    montage = Image.open(out / "montage.png")
-    assert montage.size[0] == 5 * 128 and montage.size[1] >= 2 * 128
+    montage = np.asarray(Image.open(out / "montage.png").convert("RGB"))
+    samples = min(8, manifest["counts_per_label"]["DMSO"]) + min(8, manifest["counts_per_label"]["NIFLUMIC ACID"])
+    assert montage.shape == (14 + samples * (128 + 14), 5 * 128, 3)  # a caption row, then crops with captions
+    # A red cross marks every crop's centre (where its nucleus must be), and nothing else is red.
+    for row in range(samples):
+        for channel in range(5):
+            y, x = 14 + row * (128 + 14) + 14 + 64, channel * 128 + 64
+            assert tuple(montage[y, x]) == (255, 40, 40), (row, channel)
+    red = np.all(montage == (255, 40, 40), axis=-1)
+    assert red.sum() == samples * 5 * (2 * (2 * 8 + 1) - 1)  # two 17-pixel arms sharing the centre
 
 
 def test_a_complete_export_is_kept_and_overwrite_replaces_it(exported, tmp_path):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -100,8 +102,10 @@ def test_pictures_and_commit_marker_are_written(prepared):
     root, _ = prepared
     plate_dir = root / "outputs/intensities" / PLATE
     for channel in CHANNELS:
-        picture = Image.open(plate_dir / f"{PLATE}_illumination_{channel}.png")
-        assert picture.size == (696, 520)
+        picture = np.asarray(Image.open(plate_dir / f"{PLATE}_illumination_{channel}.png").convert("RGB"))
+        assert picture.shape[1] == 700 and picture.shape[0] > 520  # the function, its axes and colour bar
+        # 12 images are too few for a smooth function: the warning is drawn on every picture (a red box).
+        assert np.all(np.abs(picture.astype(int) - (176, 0, 32)) <= 25, axis=-1).sum() > 500, channel
     manifest = json.loads((plate_dir / "prepare.json").read_text())
     assert manifest["images_per_channel"] == 12 and manifest["settings"]["median_filter_size"] == 24
     assert not list(root.rglob("*.tmp")), "temporary files left behind"
@@ -177,10 +181,46 @@ def test_resume_after_a_crash_recomputes_nothing_committed(project, prepared):
                                   load_npz(reference_root)["controls_distribution"])
 
 
-def test_overwrite_recomputes_everything(project):
-    assert prepare(project)[0] == 0
+def test_overwrite_leaves_no_output_of_the_earlier_run(project, prepared, independent, monkeypatch, capsys):
+    """The user's scenario: one raw image deleted, ``prepare --overwrite``; the failed site's old PNGs
+    (made with the earlier illumination function) must not stay, and export-sc must not crop it."""
+    monkeypatch.setenv("DPBEAM_PROGRESS_SECONDS", "0.2")  # progress lines while it runs
+    reference_root, _ = prepared
+    shutil.copytree(reference_root / "outputs", project / "outputs", dirs_exist_ok=True)  # a complete run
+    index = index_of(project)
+    failed = index.index[(index["Metadata_Well"] == "A01") & (index["Metadata_Site"] == "3")][0]
+    (project / "inputs/images" / index.loc[failed, "ER"]).unlink()
+
     code, text = prepare(project, "--overwrite")
-    assert code == 0 and "images read for statistics: 60" in text and "PNGs written: 60" in text
+    assert code == 1
+    assert Path(index.loc[failed, "ER"]).name in text and "1 failure(s)" in text
+    assert "images read for statistics: 55" in text and "PNGs written: 55" in text
+    assert "earlier outputs removed: " in text
+    assert "warning: only 12 image(s) per channel in plate 20585" in text  # the demo's plate is too small
+    log = capsys.readouterr().err  # the command's log handler writes to standard error
+    assert re.search(r" INFO dpcore\.progress: prepare: \d+ of 60 PNGs \(\d+%\), ", log), log[-3000:]
+    for channel in CHANNELS:
+        assert not (project / "outputs/compressed/images" / PLATE / Path(index.loc[failed, channel]).with_suffix(
+            ".png").name).exists(), channel
+    # Everything left is from this run: statistics of the 11 readable sites, PNGs made with them.
+    good = [i for i in range(12) if i != failed]
+    expected = reference.plate_statistics([independent["stacks"][i] for i in good], 16, 4, 24)
+    np.testing.assert_allclose(load_npz(project)["illum_correction_function"],
+                               expected["illum_correction_function"], rtol=1e-6)
+    row = good[0]
+    ours = png(project, index.loc[row, "DNA"]).astype(int)
+    theirs = reference.compress(independent["stacks"][row][..., 0], expected["illum_correction_function"][..., 0],
+                                1.0, float(expected["upper_percentiles"][0])).astype(int)
+    assert np.abs(ours - theirs).max() <= 1
+
+    code, text = run_cli("--root", str(project), "--config", "bbbc022.json", "export-sc")
+    assert code == 1, text
+    records = [json.loads(line) for line in
+               (project / "outputs/single-cells/_failed/export-failures.jsonl").read_text().splitlines()]
+    assert [r["item"] for r in records] == [f"{PLATE}/A01-3"], records
+    assert "prepare-failures.jsonl" in records[0]["reason"]
+    cells = pd.read_parquet(project / "outputs/single-cells/sc-metadata")
+    assert not ((cells["Metadata_Well"] == "A01") & (cells["Metadata_Site"] == "3")).any()
 
 
 def test_killed_run_then_rerun_gives_identical_outputs(project, prepared):

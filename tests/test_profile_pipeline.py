@@ -147,6 +147,10 @@ def test_deepprofiler_checkpoint_with_other_classes_loads_all_but_the_classifier
 
 def test_repeat_channel_imagenet_baseline(small):
     root, _, data = small
+    index = pd.read_csv(root / "inputs/metadata/index.csv", dtype=str, keep_default_na=False)
+    # One site: each cell is five ImageNet passes, and the arithmetic is the same for every site.
+    index[(index["Metadata_Well"] == "A13") & (index["Metadata_Site"] == "1")].to_csv(
+        root / "inputs/metadata/index.csv", index=False)
     size = 64
     keras.utils.set_random_seed(5)
     base = models.backbone("efficientnet", (size, size, 3), 0)

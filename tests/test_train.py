@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 import tensorflow  # noqa: E402,F401  (required: the suite fails, never skips, without it)
 
@@ -46,8 +48,9 @@ def checkpoints(root: Path) -> list[str]:
     return sorted(p.name for p in (root / "outputs/results/checkpoint").glob("checkpoint_*.hdf5"))
 
 
-def test_a_small_model_learns_the_synthetic_classes(tmp_path):
+def test_a_small_model_learns_the_synthetic_classes(tmp_path, monkeypatch, capsys):
     # Enough steps (~300) for BatchNorm's moving statistics (momentum 0.99) to settle.
+    monkeypatch.setenv("DPBEAM_PROGRESS_SECONDS", "0")  # a progress line after every step
     synthetic = tmp_path / "project"
     write_synthetic_export(synthetic / "outputs/single-cells", {"training": (400, 400, 400),
                                                                "validation": (40, 40, 40)})
@@ -62,7 +65,11 @@ def test_a_small_model_learns_the_synthetic_classes(tmp_path):
     assert {"top_2", "average_class_precision", "val_top_2", "val_average_class_precision"} <= set(history.columns)
     assert checkpoints(synthetic) == [f"checkpoint_000{i}.hdf5" for i in range(1, 5)]
     out = synthetic / "outputs/results"
-    assert (out / "logs/training_curves.png").stat().st_size > 0
+    printed = capsys.readouterr().err  # the command's log handler writes to standard error
+    assert re.search(r"dpcore\.progress: epoch 2/4: 40 of 75 steps \(53%\), [\d.]+ steps/s, ETA \d+ s, loss \S+\n",
+                     printed), printed[-3000:]
+    curves = Image.open(out / "logs/training_curves.png")
+    assert curves.size == (4 * 420, 360)  # loss, accuracy, top-k, average class precision
     assert list((out / "summaries").glob("events.out.tfevents.*"))
     assert json.loads((out / "classes.json").read_text())["classes"] == ["disk", "ring", "stripes"]
     # The checkpoint is what profile reads: DeepProfiler's head, by name.
