@@ -55,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 NAMESPACE = "dpbeam.prepare"
 MANIFEST_NAME = "prepare.json"
+RUNS_DIR = "_runs"
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,11 @@ class PrepareSettings:
     @property
     def failures_file(self) -> StoragePath:
         return self.layout.intensities_dir / "_failed" / "prepare-failures.jsonl"
+
+    def run_record(self, index: StoragePath) -> StoragePath:
+        """Written by a run's last step, after every plate's commit and the dead-letter file."""
+        stem = index.name.rsplit(".", 1)[0] or "index"
+        return self.layout.intensities_dir / RUNS_DIR / f"{stem}.json"
 
 
 # ------------------------------------------------------------ earlier outputs
@@ -327,6 +333,30 @@ class FinalizePlate(beam.DoFn):
         yield plate
 
 
+class WriteRunRecord(beam.DoFn):
+    """The run's last step: what it committed and how many records failed, once both are final.
+
+    Plates commit one by one (``prepare.json``); a detached caller needs one file that appears when the
+    whole run, dead letters included, is done. It is removed by the launcher before the job starts, so
+    one left by an earlier run never passes for this run's.
+    """
+
+    def __init__(self, settings: PrepareSettings, index: str, plates: list[str]):
+        self.settings, self.index, self.plates = settings, index, plates
+
+    def process(self, _, committed: list[str], failure_files: list[str]) -> Iterator[str]:
+        del failure_files  # only orders this step after the dead-letter file
+        s = self.settings
+        failures = s.failures_file.read_text().splitlines() if s.failures_file.exists() else []
+        # Names, not paths: the record of the same work is the same file under any root.
+        record = {"index": StoragePath(self.index).name, "plates": self.plates,
+                  "plates_committed": sorted(committed), "failures": len([line for line in failures if line.strip()]),
+                  "failures_file": s.failures_file.relative_to(s.layout.intensities_dir), "settings": s.fingerprint}
+        target = s.run_record(StoragePath(self.index))
+        target.write_text(json.dumps(record, indent=2, sort_keys=True))
+        yield str(target)
+
+
 def _plates_without_statistics(plate: str, ready_plates: dict) -> Iterator[dict]:
     if plate not in ready_plates:
         yield failure("statistics", f"plate {plate}", "no readable image in this plate: no statistics")
@@ -395,7 +425,13 @@ class PreparePlates(beam.PTransform):
         committed = controls | "FinalizePlates" >> beam.ParDo(FinalizePlate(s), ready_dict)
         written = tuple(failures) | "AllFailures" >> beam.Flatten() | "DeadLetters" >> WriteDeadLetters(
             s.failures_file)
-        return {"committed": committed, "failures_written": written}
+        record = (
+            pbegin
+            | "RunEnd" >> beam.Create([None])
+            | "WriteRunRecord" >> beam.ParDo(WriteRunRecord(s, self.index_path, sorted(self.plates)),
+                                             beam.pvalue.AsList(committed), beam.pvalue.AsList(written))
+        )
+        return {"committed": committed, "failures_written": written, "run_record": record}
 
 
 # -------------------------------------------------------------------- command
@@ -451,11 +487,13 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
             return 0
         logger.info("prepare: %d plate(s) to process (%d resuming from committed statistics), %d already "
                     "complete", len(todo), len(resume), len(complete))
+        record = settings.run_record(settings.layout.index_file)
+        record.remove()  # the job writes it last: one from an earlier run must not pass for this one's
         run = run_pipeline(
             lambda pipeline: pipeline | "Prepare" >> PreparePlates(settings, str(settings.layout.index_file),
                                                                    frozenset(todo), resume),
             context.beam_args, NAMESPACE, detach=getattr(args, "detach", False),
-            commit=settings.manifest(todo[-1]), progress=_progress(settings, todo, scan))
+            commit=record, progress=_progress(settings, todo, scan))
     if run.detached:
         emit(run.detached_message)
         return 0

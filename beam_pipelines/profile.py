@@ -435,6 +435,7 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
             emit(line)
         return 0
     with output_lock(layout.features_dir, "profile"):
+        record_file.remove()  # the job writes it last: one from an earlier run must not pass for this one's
         run = run_pipeline(
             build_profile,
             local_parallelism(context.beam_args), NAMESPACE, detach=getattr(args, "detach", False),

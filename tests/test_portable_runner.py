@@ -80,8 +80,13 @@ def wait_for(path: Path, timeout_s: float = COMMIT_TIMEOUT_S) -> None:
 def test_prepare_detached_on_external_workers_commits_and_matches(portable, prepared, tmp_path):
     root = tmp_path / "project"
     shutil.copytree(EXAMPLE, root)
+    stale = root / "outputs/intensities/_runs/index.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text('{"left by": "an earlier run"}')  # must not pass for this run's record
     launch_detached(root, "bbbc022.json", "prepare", portable)
-    wait_for(root / "outputs/intensities/20585/prepare.json")
+    wait_for(root / "outputs/intensities/_runs/index.json")  # the run's last step: plates and dead letters done
+    record = json.loads((root / "outputs/intensities/_runs/index.json").read_text())
+    assert record["plates_committed"] == ["20585"] and record["failures"] == 0, record
     assert_same_prepare(root, prepared[0])
 
 

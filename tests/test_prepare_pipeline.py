@@ -108,6 +108,8 @@ def test_pictures_and_commit_marker_are_written(prepared):
         assert np.all(np.abs(picture.astype(int) - (176, 0, 32)) <= 25, axis=-1).sum() > 500, channel
     manifest = json.loads((plate_dir / "prepare.json").read_text())
     assert manifest["images_per_channel"] == 12 and manifest["settings"]["median_filter_size"] == 24
+    record = json.loads((root / "outputs/intensities/_runs/index.json").read_text())  # the run's last step
+    assert (record["plates"], record["plates_committed"], record["failures"]) == (["20585"], ["20585"], 0)
     assert not list(root.rglob("*.tmp")), "temporary files left behind"
     assert (root / "outputs/intensities/_failed/prepare-failures.jsonl").read_text() == ""  # nothing failed
 
@@ -138,6 +140,7 @@ def test_bad_images_go_to_the_dead_letter_and_the_rest_completes(project, indepe
     assert "file not found" in reasons[f"{PLATE}/A13-2"] and Path(missing).name in reasons[f"{PLATE}/A13-2"]
     assert "is 600x520" in reasons[f"{PLATE}/A13-4"]
     assert "3 failure(s)" in text and "prepare-failures.jsonl" in text
+    assert json.loads((project / "outputs/intensities/_runs/index.json").read_text())["failures"] == 3
 
     # Statistics come from the 9 good sites and equal the independent computation on them.
     good = [i for i in range(12) if i not in (0, 7, 9)]
