@@ -54,6 +54,7 @@ def make_raw_config(root: Path) -> dict:
 
 
 def link_locations(source: Path, root: Path, copies: int) -> None:
+    source = Path(source).resolve()  # a relative link target would resolve against the link's own folder
     index = pd.read_csv(root / "inputs/metadata/index.csv", dtype=str)
     for row in index.itertuples():
         original_well = row.Metadata_Well.split("r")[0]

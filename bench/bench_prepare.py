@@ -48,6 +48,7 @@ DEEPPROFILER_SITES_PER_SECOND = 1 / 0.45
 
 def build_project(source: Path, target: Path, sites: int) -> None:
     """A project of ``sites`` sites: the source's sites repeated under new wells, images symlinked."""
+    source = Path(source).resolve()  # a relative link target would resolve against the link's own folder
     index = pd.read_csv(source / "inputs/metadata/index.csv", dtype=str, keep_default_na=False)
     channels = load_config(source / "inputs/config/bbbc022.json").channels
     rows = []
