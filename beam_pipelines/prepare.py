@@ -36,6 +36,7 @@ import numpy as np
 from dpcore.charts import illumination_function
 from dpcore.compression import compress_channel, control_histogram
 from dpcore.config import Config
+from dpcore.features import index_stem
 from dpcore.illumination import (PlateAccumulator, compute_statistics, few_images_warning, merge_accumulators,
                                  read_statistics, site_contribution, write_statistics)
 from dpcore.images import ImageReadError, decode_image, encode_png, read_image
@@ -121,8 +122,7 @@ class PrepareSettings:
 
     def run_record(self, index: StoragePath) -> StoragePath:
         """Written by a run's last step, after every plate's commit and the dead-letter file."""
-        stem = index.name.rsplit(".", 1)[0] or "index"
-        return self.layout.intensities_dir / RUNS_DIR / f"{stem}.json"
+        return self.layout.intensities_dir / RUNS_DIR / f"{index_stem(index)}.json"
 
 
 # ------------------------------------------------------------ earlier outputs
@@ -236,8 +236,9 @@ class CompressSite(beam.DoFn):
 
     def __init__(self, settings: PrepareSettings, resumed_plates: frozenset[str]):
         self.settings = settings
-        # Only a plate whose statistics were committed by an earlier run can have PNGs made with them.
-        self.resumed_plates = frozenset() if settings.overwrite else resumed_plates
+        # Only a plate whose statistics were committed by an earlier run can have PNGs made with them
+        # (--overwrite resumes none).
+        self.resumed_plates = resumed_plates
 
     def setup(self) -> None:
         self._statistics: OrderedDict[str, object] = OrderedDict()
@@ -347,10 +348,9 @@ class WriteRunRecord(beam.DoFn):
     def process(self, _, committed: list[str], failure_files: list[str]) -> Iterator[str]:
         del failure_files  # only orders this step after the dead-letter file
         s = self.settings
-        failures = s.failures_file.read_text().splitlines() if s.failures_file.exists() else []
         # Names, not paths: the record of the same work is the same file under any root.
         record = {"index": StoragePath(self.index).name, "plates": self.plates,
-                  "plates_committed": sorted(committed), "failures": len([line for line in failures if line.strip()]),
+                  "plates_committed": sorted(committed), "failures": len(read_failures(s.failures_file)),
                   "failures_file": s.failures_file.relative_to(s.layout.intensities_dir), "settings": s.fingerprint}
         target = s.run_record(StoragePath(self.index))
         target.write_text(json.dumps(record, indent=2, sort_keys=True))

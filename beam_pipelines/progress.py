@@ -3,7 +3,7 @@
 While a pipeline runs on this machine (the DirectRunner, a local Flink or Spark) the launcher cannot
 query its counters: the DirectRunner returns only when the job is done. What it can see is the
 committed output itself. :class:`OutputProgress` counts the files a command commits (PNGs, shard
-records, per-site Parquet files) that are newer than the run's start, every ``every_s`` seconds, and
+records, per-site Parquet files) that are newer than the run's start, every ``DPBEAM_PROGRESS_SECONDS``, and
 logs a line with the rate and time left. It only reads local folders; on Dataflow, the job's page
 shows progress.
 """
@@ -21,15 +21,10 @@ from typing import Iterator, Sequence
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 
-from dpcore.progress import Progress
+from dpcore.progress import Progress, progress_seconds
 from dpcore.storage import StoragePath
 
 logger = logging.getLogger(__name__)
-
-
-def progress_seconds() -> float:
-    """How often progress lines appear (``DPBEAM_PROGRESS_SECONDS``, default 15)."""
-    return float(os.environ.get("DPBEAM_PROGRESS_SECONDS", "15"))
 
 
 @dataclass(frozen=True)
@@ -41,7 +36,6 @@ class OutputProgress:
     suffix: str
     unit: str
     total: int | None
-    every_s: float | None = None  # default: $DPBEAM_PROGRESS_SECONDS, else 15
 
     @property
     def local(self) -> bool:
@@ -68,7 +62,7 @@ def reporting(progress: OutputProgress | None) -> Iterator[None]:
     started = time.time() - 1.0  # file times have coarse resolution on some file systems
     stop = threading.Event()
     reporter = Progress(progress.what, progress.total, progress.unit, every_s=0.0)
-    every_s = progress.every_s or progress_seconds()
+    every_s = progress_seconds()
 
     def watch() -> None:
         while not stop.wait(every_s):

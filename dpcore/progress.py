@@ -8,10 +8,16 @@ alive without flooding the terminal.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Callable
 
 logger = logging.getLogger(__name__)
+
+
+def progress_seconds() -> float:
+    """How often progress lines appear (``DPBEAM_PROGRESS_SECONDS``, default 15)."""
+    return float(os.environ.get("DPBEAM_PROGRESS_SECONDS", "15"))
 
 
 def duration(seconds: float) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +20,7 @@ from dpcore import models
 from dpcore.charts import training_curves
 from dpcore.checkpoints import CheckpointError, load_weights_by_name, read_layer_weights, save_weights
 from dpcore.layout import ProjectLayout
-from dpcore.progress import Progress
+from dpcore.progress import Progress, progress_seconds
 from dpcore.storage import StoragePath
 from dpcore.tensorflow_runtime import load_tensorflow
 from dpcore.training import (EpochSums, PlateauController, TrainingError, TrainingPlan, checkpoint_name,
@@ -170,8 +169,7 @@ class Trainer:
                                           self.data.factor), self.plan.batch_size)
         sums = EpochSums(self.plan.num_classes)
         # An epoch takes minutes on a CPU: a line every DPBEAM_PROGRESS_SECONDS (15) says how far it is.
-        progress = Progress(f"epoch {epoch}/{self.plan.epochs}", steps, "steps",
-                            every_s=float(os.environ.get("DPBEAM_PROGRESS_SECONDS", "15")))
+        progress = Progress(f"epoch {epoch}/{self.plan.epochs}", steps, "steps", every_s=progress_seconds())
         for step in range(1, steps + 1):
             sums.add({k: v.numpy() for k, v in self._train_step(next(batches)).items()})
             if step == 1:
