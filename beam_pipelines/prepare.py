@@ -118,7 +118,7 @@ class PrepareSettings:
 
     @property
     def failures_file(self) -> StoragePath:
-        return self.layout.intensities_dir / "_failed" / "prepare-failures.jsonl"
+        return self.layout.prepare_failures_file
 
     def run_record(self, index: StoragePath) -> StoragePath:
         """Written by a run's last step, after every plate's commit and the dead-letter file."""

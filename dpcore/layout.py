@@ -108,6 +108,11 @@ class ProjectLayout:
         return self._folder("intensities", self.outputs / "intensities")
 
     @property
+    def prepare_failures_file(self) -> StoragePath:
+        """prepare's dead letters; export-sc and profile point at it when a compressed PNG is missing."""
+        return self.intensities_dir / "_failed" / "prepare-failures.jsonl"
+
+    @property
     def compressed_images_dir(self) -> StoragePath:
         return self._folder("compressed_images", self.outputs / "compressed" / "images")
 

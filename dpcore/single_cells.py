@@ -88,12 +88,12 @@ class CellSource:
         try:
             return read_stack(compressed_image_paths(self.layout, site), self.image_shape)
         except ImageReadError as error:
-            if "file not found" not in str(error):
+            if not isinstance(error.__cause__, FileNotFoundError):
                 raise
             # prepare removes a failed site's PNGs, so a missing one is usually a failure upstream.
             raise ImageReadError(f"{error} (prepare has not written this site's compressed PNGs: it was not "
-                                 f"run, or it failed for this site; see "
-                                 f"{self.layout.intensities_dir / '_failed' / 'prepare-failures.jsonl'})") from error
+                                 f"run, or it failed for this site; see {self.layout.prepare_failures_file})"
+                                 ) from error
 
     def centres(self, site: Site) -> np.ndarray:
         """Cell centres in original pixels; raises LocationsError/LocationsMissing."""

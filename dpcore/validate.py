@@ -31,7 +31,7 @@ class ValidationReport:
     channels: tuple[str, ...] = ()
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    readiness: list[str] = field(default_factory=list)  # "ready for: ..." lines, one per verdict
+    readiness: list[str] = field(default_factory=list)  # the "config ready for: ..." verdict
 
     @property
     def ok(self) -> bool:
