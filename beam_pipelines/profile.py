@@ -36,6 +36,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import apache_beam as beam
 import numpy as np
+import pyarrow.parquet as pq
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 
 from dpcore import features
@@ -46,9 +47,10 @@ from dpcore.layout import ProjectLayout, UnsafePathError
 from dpcore.locations import LocationsError, LocationsMissing
 from dpcore.locking import output_lock
 from dpcore.metadata import Site, scan_index
-from dpcore.profiling import FeatureModelSpec, classes_in_checkpoint, feature_frame, pretrained_weights_file
+from dpcore.profiling import FeatureModelSpec, classes_in_checkpoint, feature_table, pretrained_weights_file
 from dpcore.single_cells import CellSource
 from dpcore.storage import StoragePath, as_storage_path
+from dpcore.tensorflow_runtime import cores_shared
 
 from beam_pipelines.context import CommandContext, UsageError
 from beam_pipelines.dead_letter import WriteDeadLetters, failure, read_failures, report_failures
@@ -178,10 +180,10 @@ class WriteSiteFeatures(beam.DoFn):
         by_cell = dict(vectors)
         cells = [c for c in info.cell_indices if c in by_cell]
         centres = np.array([xy for c, xy in zip(info.cell_indices, info.centres) if c in by_cell])
-        frame = feature_frame(dict(info.metadata), self.model_name, np.array(cells), centres,
+        table = feature_table(dict(info.metadata), self.model_name, np.array(cells), centres,
                               np.stack([by_cell[c] for c in cells]))
         buffer = io.BytesIO()
-        frame.to_parquet(buffer, index=False)
+        pq.write_table(table, buffer)
         plate, well, site = features.split_site_key(key)
         features.site_file(self.layout.features_dir, plate, well, site).write_bytes(buffer.getvalue())  # committed
         inc_counter(NAMESPACE, "sites_written")
@@ -367,9 +369,10 @@ def build(pipeline: beam.Pipeline, source: CellSource, spec: FeatureModelSpec, b
 def local_parallelism(beam_args: tuple[str, ...]) -> tuple[str, ...]:
     """On the local DirectRunner, default to one thread per core.
 
-    Cropping (numpy) and inference (TensorFlow) take comparable CPU time per
-    cell; threads let one site be cut while another batch is inferred. Users'
-    own --runner/--direct_* choices always win.
+    Threads let one site be read and cut while another batch is inferred
+    (both run in TensorFlow, outside the GIL), and with ``cores_shared`` each
+    thread's model call uses its own core. Users' own --runner/--direct_*
+    choices always win.
     """
     chosen = " ".join(beam_args)
     if "--runner" in chosen and "DirectRunner" not in chosen:
@@ -377,6 +380,18 @@ def local_parallelism(beam_args: tuple[str, ...]) -> tuple[str, ...]:
     if "--direct_num_workers" in chosen or "--direct_running_mode" in chosen:
         return beam_args
     return beam_args + (f"--direct_num_workers={os.cpu_count() or 1}", "--direct_running_mode=multi_threading")
+
+
+def local_model_callers(beam_args: tuple[str, ...]) -> int:
+    """How many workers of a local DirectRunner may call the model at once (1 elsewhere: a remote
+    worker's cores are not this machine's)."""
+    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions  # noqa: PLC0415
+
+    options = PipelineOptions(list(beam_args))
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    if "DirectRunner" not in str(runner):
+        return 1
+    return max(1, options.view_as(DirectOptions).direct_num_workers or 1)
 
 
 def describe(spec: FeatureModelSpec, dimension: int, config: Config) -> dict:
@@ -407,9 +422,19 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     if args.part >= 0:
         layout = ProjectLayout.create(layout.root, layout.experiment, layout.single_cells,
                                       layout.split_index_file(args.part).url, layout.overrides)
+    beam_args = local_parallelism(context.beam_args)
+    # Before TensorFlow starts in this process (the probe below) and in local worker processes.
+    with cores_shared(local_model_callers(beam_args)) as per_call:
+        if per_call:
+            logger.info("local workers call the model with %d TensorFlow thread(s) each", per_call)
+        return _profile(config, layout, beam_args, args, emit)
+
+
+def _profile(config: Config, layout: ProjectLayout, beam_args: tuple[str, ...], args: argparse.Namespace,
+             emit) -> int:
     index_path = layout.index_file
     scan = scan_index(index_path, config, "profile")  # fail fast on a bad index; nothing per site is kept
-    source = CellSource.from_config(layout, config)
+    source = replace(CellSource.from_config(layout, config), crop_engine="tensorflow")
     spec = build_spec(layout, config, args.pretrained_weights)
     try:
         probe = spec.build()  # fail before the pipeline: unknown layer, wrong checkpoint, missing weights
@@ -431,14 +456,14 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     build_profile = (lambda pipeline: build(pipeline, source, spec, config.profile.batch_size, index_path,
                                             args.overwrite, description, args.inference_accelerator))
     if args.dry_run:
-        for line in describe_graph(build_profile, local_parallelism(context.beam_args)):
+        for line in describe_graph(build_profile, beam_args):
             emit(line)
         return 0
     with output_lock(layout.features_dir, "profile"):
         record_file.remove()  # the job writes it last: one from an earlier run must not pass for this one's
         run = run_pipeline(
             build_profile,
-            local_parallelism(context.beam_args), NAMESPACE, detach=getattr(args, "detach", False),
+            beam_args, NAMESPACE, detach=getattr(args, "detach", False),
             commit=record_file,
             progress=_progress(layout, scan, args.overwrite))
     if run.detached:

@@ -89,19 +89,24 @@ def crop_and_resize(image: np.ndarray, boxes: np.ndarray, crop_size: int,
         if not valid_y.any() or not valid_x.any():
             continue
         ys_v, xs_v = ys[valid_y], xs[valid_x]
-        top = np.floor(ys_v).astype(np.int64)
-        bottom = np.ceil(ys_v).astype(np.int64)
-        left = np.floor(xs_v).astype(np.int64)
-        right = np.ceil(xs_v).astype(np.int64)
+        top = np.floor(ys_v).astype(np.intp)
+        bottom = np.ceil(ys_v).astype(np.intp)
+        left = np.floor(xs_v).astype(np.intp)
+        right = np.ceil(xs_v).astype(np.intp)
         y_lerp = (ys_v - top).astype(np.float32)[:, None, None]
         x_lerp = (xs_v - left).astype(np.float32)[None, :, None]
-        top_left = image[top[:, None], left[None, :]]
-        top_right = image[top[:, None], right[None, :]]
-        bottom_left = image[bottom[:, None], left[None, :]]
-        bottom_right = image[bottom[:, None], right[None, :]]
-        upper = top_left + (top_right - top_left) * x_lerp
-        lower = bottom_left + (bottom_right - bottom_left) * x_lerp
-        out[n][np.ix_(valid_y, valid_x)] = upper + (lower - upper) * y_lerp
+        # Gather rows first, then columns, from the box's own window of the image: the same
+        # arithmetic as TF's kernel (so the same bits), ~2x faster than one 2-D fancy index.
+        window = image[top[0]:bottom[-1] + 1, left[0]:right[-1] + 1]
+        upper_rows, lower_rows = window[top - top[0]], window[bottom - top[0]]
+        left, right = left - left[0], right - left[0]
+        top_left, bottom_left = upper_rows[:, left], lower_rows[:, left]
+        upper = top_left + (upper_rows[:, right] - top_left) * x_lerp
+        lower = bottom_left + (lower_rows[:, right] - bottom_left) * x_lerp
+        if valid_y.all() and valid_x.all():
+            out[n] = upper + (lower - upper) * y_lerp
+        else:
+            out[n][np.ix_(valid_y, valid_x)] = upper + (lower - upper) * y_lerp
     return out
 
 
@@ -115,9 +120,15 @@ def _sample_positions(start: np.float32, end: np.float32, size: int, crop_size: 
 
 def normalise_crops(crops: np.ndarray) -> np.ndarray:
     """Per crop and per channel: ``(x - min) / (max - min + eps)``, in [0, 1]."""
-    low = crops.min(axis=(1, 2), keepdims=True)
-    high = crops.max(axis=(1, 2), keepdims=True)
-    return ((crops - low) / (high - low + NORMALISATION_EPSILON)).astype(np.float32)
+    count, height, width, channels = crops.shape
+    # Reducing over (H, W) with 5 channels innermost is a strided loop numpy runs ~4x slower
+    # than reducing contiguous planes; one transposed copy pays for itself. Same values.
+    planes = np.ascontiguousarray(crops.reshape(count, height * width, channels).transpose(0, 2, 1))
+    low = planes.min(axis=2)[:, None, None, :]
+    high = planes.max(axis=2)[:, None, None, :]
+    normalised = np.subtract(crops, low, dtype=np.float32)
+    np.divide(normalised, high - low + np.float32(NORMALISATION_EPSILON), out=normalised)
+    return normalised
 
 
 def object_ids(labels: np.ndarray, centres: np.ndarray) -> np.ndarray:

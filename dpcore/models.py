@@ -179,7 +179,15 @@ def repeat_channel_extractor(per_image: keras.Model, spec: RepeatChannelSpec,
 
 
 def predict_function(model: keras.Model, batch_size: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
-    """A compiled forward pass (a ``tf.function``), several times faster than eager calls.
+    """A compiled, frozen forward pass: about twice a plain ``tf.function`` on CPU.
+
+    The model is traced once and its variables become constants of the graph
+    (``convert_variables_to_constants_v2``, what TF Serving and TFLite converters
+    do). Grappler can then fold each batch normalisation into the convolution
+    before it and fuse convolution, bias and activation into one oneDNN kernel,
+    which it cannot do while weights are variables: on 2 CPU cores EfficientNet-B0
+    cut at ``block6a_activation`` goes from 92 to 191 cells/s at batch 32
+    (``bench/bench_model.py``), features equal to 1e-9.
 
     With ``batch_size`` every call runs on exactly that many crops (a short
     batch is padded with zeros and the padding's outputs dropped): one graph,
@@ -188,20 +196,37 @@ def predict_function(model: keras.Model, batch_size: int | None = None) -> Calla
     changes the last bits. So runs on any runner, with any bundling, agree
     bit for bit.
     """
+    shape = (batch_size,) + tuple(model.input.shape[1:])
+    frozen = frozen_graph(model, shape)
     if batch_size is None:
-        call = tf.function(lambda batch: model(batch, training=False), reduce_retracing=True)
-        return lambda batch: call(tf.convert_to_tensor(batch)).numpy()
-    signature = [tf.TensorSpec((batch_size,) + tuple(model.input.shape[1:]), tf.float32)]
-    fixed = tf.function(lambda batch: model(batch, training=False), input_signature=signature)
+        return lambda batch: frozen(tf.convert_to_tensor(batch, tf.float32)).numpy()
 
     def predict(batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch, dtype=np.float32)
         outputs = []
         for start in range(0, len(batch), batch_size):
             part = batch[start:start + batch_size]
-            padded = np.zeros((batch_size,) + part.shape[1:], np.float32)
-            padded[: len(part)] = part
-            outputs.append(fixed(padded).numpy()[: len(part)])
+            if len(part) < batch_size:
+                padded = np.zeros((batch_size,) + part.shape[1:], np.float32)
+                padded[: len(part)] = part
+                part = padded
+            outputs.append(frozen(tf.convert_to_tensor(part)).numpy()[: len(batch) - start])
         return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
 
     return predict
+
+
+def frozen_graph(model: keras.Model, input_shape: tuple[int | None, ...]) -> Callable[[tf.Tensor], tf.Tensor]:
+    """``model(x, training=False)`` traced for ``input_shape`` with its weights as graph constants.
+
+    The returned function holds no reference to the Keras model: weights live
+    once, in the graph. Its single output is returned as one tensor.
+    """
+    from tensorflow.python.framework.convert_to_constants import (  # noqa: PLC0415
+        convert_variables_to_constants_v2,
+    )
+
+    traced = tf.function(lambda batch: model(batch, training=False),
+                         input_signature=[tf.TensorSpec(input_shape, tf.float32)])
+    constant = convert_variables_to_constants_v2(traced.get_concrete_function())
+    return lambda batch: constant(batch)[0]

@@ -81,3 +81,24 @@ def test_normalised_crops_span_zero_to_one(site_image):
     crops = cut_crops(image, cell_boxes(centres, 48, image.shape[:2]), 48).crops
     assert crops.min() >= 0 and crops.max() <= 1
     np.testing.assert_allclose(crops.max(axis=(1, 2)), 1, atol=1e-5)
+
+
+@pytest.mark.parametrize("box_size", [128, 64])
+def test_profiles_tensorflow_crops_equal_the_numpy_crops(site_image, box_size):
+    """profile cuts with dpcore.tf_crops: the same cells, skips and values as the numpy code export-sc uses."""
+    from dpcore import tf_crops  # a required dependency: an import error fails the test
+
+    image, centres = site_image
+    poisoned = image.copy()
+    poisoned[200:204, 300:304, 2] = np.nan  # the cells whose box holds this are dropped as invalid
+    centres = np.concatenate([centres, [[-30.0, 10.0], [700.0, 530.0], [-400.0, -400.0]]])
+    boxes = cell_boxes(centres, box_size, image.shape[:2])
+    labels = np.random.default_rng(0).integers(0, 4, image.shape[:2]).astype(np.float32)
+    ids = np.random.default_rng(1).integers(0, 4, len(centres)).astype(np.int64)
+    for picture, masks in ((image, None), (poisoned, None), (image, labels)):
+        expected = cut_crops(picture, boxes, box_size, masks, ids if masks is not None else None)
+        found = tf_crops.cut_crops(picture, boxes, box_size, masks, ids if masks is not None else None)
+        assert list(found.kept) == list(expected.kept)
+        assert (found.outside, found.invalid) == (expected.outside, expected.invalid)
+        np.testing.assert_allclose(found.crops, expected.crops, rtol=0, atol=1e-6)
+    assert expected.outside == 1 and cut_crops(poisoned, boxes, box_size).invalid >= 1

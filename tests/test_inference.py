@@ -1,0 +1,59 @@
+"""profile's compiled inference against Keras' own call of the same model."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from dpcore import models  # a required dependency: an import error fails the module
+from dpcore.tensorflow_runtime import INTRA_OP_VARIABLE, cores_shared
+
+
+@pytest.fixture(scope="module")
+def efficientnet_cut():
+    import keras
+
+    keras.utils.set_random_seed(3)
+    return models.feature_extractor(models.classifier("efficientnet", (64, 64, 5), 3), "block6a_activation")
+
+
+def test_frozen_inference_equals_keras_predict(efficientnet_cut):
+    """Weights folded into the graph change no feature: Keras' predict_on_batch is the reference."""
+    crops = np.random.default_rng(0).random((45, 64, 64, 5), dtype=np.float32)
+    expected = efficientnet_cut.predict_on_batch(crops)
+    for batch_size in (16, None):  # 45 cells: two full batches and a padded one; then any batch shape
+        found = models.predict_function(efficientnet_cut, batch_size)(crops)
+        assert found.shape == expected.shape == (45, 672)
+        np.testing.assert_allclose(found, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+
+
+def test_a_cells_features_do_not_depend_on_its_batch(efficientnet_cut):
+    crops = np.random.default_rng(1).random((20, 64, 64, 5), dtype=np.float32)
+    predict = models.predict_function(efficientnet_cut, 8)
+    alone = np.concatenate([predict(crops[i:i + 1]) for i in range(len(crops))])
+    assert np.array_equal(predict(crops), alone)
+
+
+def test_local_threads_share_the_cores_and_the_setting_does_not_leak(monkeypatch):
+    monkeypatch.delenv(INTRA_OP_VARIABLE, raising=False)
+    with cores_shared(2) as per_call:
+        assert per_call == max(1, (os.cpu_count() or 1) // 2)
+        assert os.environ[INTRA_OP_VARIABLE] == str(per_call)
+    assert INTRA_OP_VARIABLE not in os.environ
+    with cores_shared(1) as per_call:
+        assert per_call is None and INTRA_OP_VARIABLE not in os.environ
+    monkeypatch.setenv(INTRA_OP_VARIABLE, "3")  # the user's choice wins
+    with cores_shared(2) as per_call:
+        assert per_call == 3
+    assert os.environ[INTRA_OP_VARIABLE] == "3"
+
+
+def test_only_local_workers_count_as_concurrent_model_callers():
+    from beam_pipelines.profile import local_model_callers, local_parallelism
+
+    assert local_model_callers(local_parallelism(())) == (os.cpu_count() or 1)
+    assert local_model_callers(("--direct_num_workers", "3", "--direct_running_mode", "multi_processing")) == 3
+    assert local_model_callers(("--runner=FlinkRunner", "--direct_num_workers=4")) == 1
+    assert local_model_callers(()) == 1
