@@ -33,7 +33,7 @@ from typing import Iterable, Iterator
 import apache_beam as beam
 import numpy as np
 
-from dpcore.charts import illumination_function
+from dpcore.charts import illumination_functions
 from dpcore.compression import compress_channel, control_histogram
 from dpcore.config import Config
 from dpcore.features import index_stem
@@ -213,9 +213,10 @@ class WritePlateStatistics(beam.DoFn):
     def _publish(self, plate: str, stats) -> tuple[str, str]:
         s = self.settings
         warning = few_images_warning(plate, stats.image_count)  # the launcher printed it; drawn on the pictures
-        for c, channel in enumerate(s.channels):
-            s.picture(plate, channel).write_bytes(illumination_function(
-                stats.illum_correction_function[:, :, c], plate, channel, stats.image_count, warning))
+        pictures = illumination_functions(stats.illum_correction_function, plate, s.channels, stats.image_count,
+                                          warning)
+        for channel, picture in zip(s.channels, pictures):
+            s.picture(plate, channel).write_bytes(picture)
         path = s.layout.intensities_file(plate)
         write_statistics(path, stats)  # the plate's statistics are committed here
         inc_counter(NAMESPACE, "plates_computed")

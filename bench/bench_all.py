@@ -1,53 +1,178 @@
-"""Every stage's benchmark in one table, and what it means for a JUMP-sized screen.
+"""Every stage the way a user runs it, on a screen of several plates: the README's speed table.
 
-    .venv/bin/python bench/bench_all.py        (about 6 minutes on 2 cores)
+    .venv/bin/python bench/bench_all.py [--plates 4] [--repeats 2]    (about 15 minutes on 2 cores)
 
-Runs bench_prepare, bench_export, bench_profile and bench_train (each in its own
-process, on the real BBBC022 images) and prints, per stage: throughput on one
-worker, the stage's limit measured in the same run and the ratio, throughput
-with two local workers and the speed-up, and peak memory. Then it sizes JUMP
-(2,500 plates, 8 M sites, ~1.5 B cells) from the measured rates.
+The real BBBC022 plate (18 sites, 5 channels, 696x520; ``../shared/data/bbbc022`` when present, else
+the 12-site copy in ``tests/data``) is replicated as 1 and as ``--plates`` plates with the example's
+config unchanged (box 128, compression on, EfficientNet-B0 cut at ``block6a_activation``,
+``profile.batch_size`` 32) and a seeded checkpoint. Each stage runs as the ``dpbeam`` command in its own
+process, with its default options and then with the other local parallelism (prepare and export-sc: 2
+worker processes; profile, whose default is one thread per core: 1 worker). Per stage it prints:
+
+- marginal throughput: the extra plates' work divided by the extra wall time (start-up excluded),
+  the median over ``--repeats`` interleaved runs (their range beside it: this machine varies by ~20%);
+- start-up: the 1-plate wall time less its work at the marginal rate;
+- the stage's limit or floor measured in the same run, and the ratio:
+  prepare and export-sc: a plain numpy loop doing the same work in one process;
+  profile: Keras' ``predict_on_batch`` of the same truncated network on crops already in memory,
+  batch 32 (the profile issue's definition), and, for information, the frozen graph profile runs;
+- DeepProfiler 0.3.1's figures measured on this machine kind for issue #13 (TF 2.15, ``--cores 1``,
+  the same 4-plate replica); DeepProfiler cannot be installed here (it pins TF 2.5 and is not on PyPI),
+  so they are quoted, not re-measured;
+- peak resident memory of the command and of its largest worker process.
+
+Numbers go to stdout and ``bench/results/all.json``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
-JUMP_SITES = 8_000_000
-JUMP_CELLS = 1_500_000_000
-STAGES = ("bench_prepare", "bench_export", "bench_profile", "bench_train")
+sys.path.insert(0, str(REPO))
+
+from bench.bench_scale import MemorySampler, replicate  # noqa: E402
+
+CONFIG = "bench.json"
+LAYER = "block6a_activation"
+BATCH = 32
+# Issue #13: DeepProfiler 0.3.1 on the 4-plate replica, this machine kind, marginal rate and 1-plate start-up.
+DEEPPROFILER = {"prepare": (1.3, 6.1), "export-sc": (62.0, 6.3), "profile": (97.0, 15.9)}
+UNITS = {"prepare": "sites/s", "export-sc": "cells/s", "profile": "cells/s"}
+VARIANTS = {
+    "prepare": {"default (1 worker)": [], "2 worker processes": ["--direct_num_workers", "2",
+                                                                 "--direct_running_mode", "multi_processing"]},
+    "export-sc": {"default (1 worker)": [], "2 worker processes": ["--direct_num_workers", "2",
+                                                                   "--direct_running_mode", "multi_processing"]},
+    "profile": {"default (1 thread per core)": [], "1 worker": ["--direct_num_workers", "1"]},
+}
+
+
+def build(root: Path, plates: int) -> tuple[int, int]:
+    """A project of ``plates`` copies of the real plate with the example config; returns (sites, cells)."""
+    sites, cells = replicate(root, plates)
+    config = json.loads((root / "inputs/config/bbbc022.json").read_text())
+    (root / "inputs/config" / CONFIG).write_text(json.dumps(config, indent=2))
+    code = ("import keras, sys; from dpcore import models; from dpcore.checkpoints import save_weights;"
+            "from dpcore.storage import StoragePath; keras.utils.set_random_seed(7);"
+            "save_weights(models.classifier('efficientnet', (128, 128, 5), 2), StoragePath(sys.argv[1]))")
+    checkpoint = root / "outputs/results/checkpoint" / config["profile"]["checkpoint"]
+    subprocess.run([sys.executable, "-c", code, str(checkpoint)], check=True, capture_output=True, cwd=REPO)
+    return sites, cells
+
+
+def run_stage(root: Path, stage: str, options: list[str]) -> tuple[float, float, float]:
+    """(wall seconds, peak MB of the command, peak MB of its largest worker) of one run."""
+    command = [str(REPO / ".venv/bin/dpbeam") if (REPO / ".venv/bin/dpbeam").exists() else "dpbeam",
+               "--root", str(root), "--config", CONFIG, "--log-level", "WARNING", stage, "--overwrite", *options]
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    sampler = MemorySampler(process.pid)
+    sampler.start()
+    _, errors = process.communicate()
+    seconds = time.perf_counter() - start
+    sampler.done.set()
+    if process.returncode:
+        raise SystemExit(f"{' '.join(command)} failed:\n{errors[-3000:]}")
+    return seconds, sampler.launcher_mb, max(sampler.workers_mb.values(), default=0.0)
+
+
+def profile_limits(cells: int = 1024) -> dict[str, float]:
+    """Keras' predict_on_batch (the limit) and the frozen graph profile runs, on crops in memory."""
+    import keras
+
+    from dpcore import models
+
+    keras.utils.set_random_seed(7)
+    model = models.feature_extractor(models.classifier("efficientnet", (128, 128, 5), 2), LAYER)
+    crops = np.random.default_rng(0).random((cells, 128, 128, 5), dtype=np.float32)
+    frozen = models.predict_function(model, BATCH)
+    result = {}
+    for name, call in (("predict_on_batch", model.predict_on_batch), ("frozen graph", frozen)):
+        call(crops[:BATCH])
+        start = time.perf_counter()
+        for first in range(0, cells, BATCH):
+            call(crops[first:first + BATCH])
+        result[name] = cells / (time.perf_counter() - start)
+    return result
+
+
+def plain_loop_limits(root: Path, sites: int, cells: int) -> dict[str, float]:
+    """prepare's and export-sc's arithmetic as plain loops in this process, on the many-plate project."""
+    from bench.bench_export import time_plain_loop as export_loop
+    from bench.bench_prepare import site_paths
+    from bench.bench_prepare import time_plain_loop as prepare_loop
+    from dpcore.config import load_config
+
+    config = load_config(root / "inputs/config" / CONFIG)
+    prepare = sites / prepare_loop(root, site_paths(root, config.channels), config)
+    seconds, cut = export_loop(root, config)  # reads the compressed PNGs prepare wrote, as export-sc does
+    return {"prepare": prepare, "export-sc": cut / seconds}
 
 
 def main() -> None:
-    results = []
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--plates", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=REPO / "bench/results/all.json")
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for stage in STAGES:
-            out = Path(tmp) / f"{stage}.json"
-            print(f"running {stage} ...", flush=True)
-            subprocess.run([sys.executable, str(REPO / "bench" / f"{stage}.py"), "--json", str(out)], check=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            results.append(json.loads(out.read_text()))
+        one, many = Path(tmp) / "one", Path(tmp) / "many"
+        work = {one: build(one, 1), many: build(many, args.plates)}
+        limits = {}
+        for stage in ("prepare", "export-sc", "profile"):
+            unit = 0 if stage == "prepare" else 1
+            extra = work[many][unit] - work[one][unit]
+            for variant, options in VARIANTS[stage].items():
+                rates, startups, launcher, worker = [], [], 0.0, 0.0
+                for repeat in range(args.repeats):
+                    print(f"{stage}, {variant}: run {repeat + 1} of {args.repeats} ...", flush=True)
+                    small, _, _ = run_stage(one, stage, options)
+                    large, launcher_mb, worker_mb = run_stage(many, stage, options)
+                    rates.append(extra / (large - small))
+                    startups.append(small - work[one][unit] / rates[-1])
+                    launcher, worker = max(launcher, launcher_mb), max(worker, worker_mb)
+                rows.append({"stage": stage, "variant": variant, "unit": UNITS[stage],
+                             "rate": statistics.median(rates), "rates": rates,
+                             "startup_s": statistics.median(startups), "launcher_mb": launcher, "worker_mb": worker})
+            if stage == "export-sc":  # after prepare (its PNGs) and export have run: the plain loops
+                print("plain loops (prepare's and export-sc's arithmetic) ...", flush=True)
+                limits.update(plain_loop_limits(many, *work[many]))
+        print("profile's network on crops in memory ...", flush=True)
+        model = profile_limits()
+        limits["profile"] = model["predict_on_batch"]
 
-    print(f"\n{'stage':<10} {'unit':<8} {'1 worker':>9} {'limit':>9} {'ratio':>6} {'2 workers':>10} {'speed-up':>9} "
-          f"{'peak MB':>8}  limit measured as")
-    for r in results:
-        two = f"{r['two']:.1f}" if r["two"] else "-"
-        speedup = f"{r['two'] / r['one']:.2f}" if r["two"] else "-"
-        print(f"{r['stage']:<10} {r['unit']:<8} {r['one']:>9.1f} {r['limit']:>9.1f} {r['one'] / r['limit']:>6.2f} "
-              f"{two:>10} {speedup:>9} {r['peak_memory_mb']:>8.0f}  {r['limit_name']} ({r['two_mode']})")
-
-    by_stage = {r["stage"]: r for r in results}
-    prepare_hours = JUMP_SITES / by_stage["prepare"]["two"] / 3600
-    profile_hours = JUMP_CELLS / by_stage["profile"]["two"] / 3600
-    print("\nJUMP (8 M five-channel sites, ~1.5 B cells), in machine-hours of a 2-core machine like this one:")
-    print(f"  prepare: {prepare_hours:,.0f} h  -> {prepare_hours / 500:,.1f} h on 500 such workers")
-    print(f"  profile on CPU: {profile_hours:,.0f} h -> {profile_hours / 500:,.1f} h on 500 such workers "
-          f"(an accelerator per worker moves the limit to cropping, see README)")
+    print(f"\n{args.plates} plates vs 1 ({work[many][0]} vs {work[one][0]} sites, {work[many][1]} vs {work[one][1]} "
+          f"cells), {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
+    print(f"{'stage':<10} {'options':<28} {'unit':<8} {'marginal':>9} {'(range)':>15} {'limit':>7} {'ratio':>6} "
+          f"{'vs DP':>6} {'start s':>8} {'DP start':>8} {'peak MB':>8} {'worker MB':>9}")
+    for row in rows:
+        stage, dp_rate, dp_start = row["stage"], *DEEPPROFILER[row["stage"]]
+        spread = f"{min(row['rates']):.1f}-{max(row['rates']):.1f}"
+        print(f"{stage:<10} {row['variant']:<28} {row['unit']:<8} {row['rate']:>9.1f} {spread:>15} "
+              f"{limits[stage]:>7.1f} {row['rate'] / limits[stage]:>6.2f} {row['rate'] / dp_rate:>6.2f} "
+              f"{row['startup_s']:>8.1f} {dp_start:>8.1f} {row['launcher_mb']:>8.0f} {row['worker_mb']:>9.0f}")
+    print("\nlimits: prepare and export-sc = plain numpy loop in one process; profile = Keras predict_on_batch, "
+          f"batch {BATCH}, crops in memory ({model['frozen graph']:.1f} cells/s for the frozen graph profile runs)")
+    print("DP = DeepProfiler 0.3.1, issue #13's measurements on this machine kind (not re-measured here)")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
+                                     "plates": args.plates, "work": {"one": work[one], "many": work[many]},
+                                     "limits": limits, "model": model, "rows": rows,
+                                     "deepprofiler": DEEPPROFILER}, indent=1))
 
 
 if __name__ == "__main__":
