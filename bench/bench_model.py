@@ -6,7 +6,8 @@ EfficientNet-B0 at 128x128x5 cut at ``block6a_activation`` and mean-pooled (prof
 random weights, crops already in memory. Reports cells/s for:
 
 - ``predict_on_batch``: Keras 3's own call, what the profile issue calls "the limit";
-- ``tf.function`` (fixed batch): what profile runs today (``dpcore.models.predict_function``);
+- ``tf.function`` (fixed batch), and the same graph frozen (weights as constants), what profile runs
+  (``dpcore.models.predict_function``);
 - ``tf.function`` + XLA (``jit_compile=True``);
 - the same graph with other batch sizes;
 - ``tf_keras`` (Keras 2, DeepProfiler's API) building the same backbone, when installed (``--tf-keras``);
@@ -55,14 +56,16 @@ def keras3_variants(crops: np.ndarray, batch: int) -> dict[str, float]:
 
     model = models.feature_extractor(models.classifier("efficientnet", SHAPE, 2), LAYER)
     results = {"keras3 predict_on_batch": rate(lambda b: model.predict_on_batch(b), crops, batch)}
-    fixed = models.predict_function(model, batch)
-    results["keras3 tf.function, fixed batch (profile today)"] = rate(fixed, crops, batch)
     signature = [tf.TensorSpec((batch,) + SHAPE, tf.float32)]
+    traced = tf.function(lambda b: model(b, training=False), input_signature=signature)
+    results["keras3 tf.function, fixed batch"] = rate(lambda b: traced(b).numpy(), crops, batch)
+    frozen = models.predict_function(model, batch)
+    results["keras3 frozen graph, fixed batch (profile today)"] = rate(frozen, crops, batch)
     xla = tf.function(lambda b: model(b, training=False), input_signature=signature, jit_compile=True)
     results["keras3 tf.function + XLA"] = rate(lambda b: xla(b).numpy(), crops, batch)
     for other in (16, 64, 128):
         call = models.predict_function(model, other)
-        results[f"keras3 tf.function, batch {other}"] = rate(call, crops, other)
+        results[f"keras3 frozen graph, batch {other}"] = rate(call, crops, other)
     return results
 
 
@@ -84,7 +87,7 @@ def onednn_off(cells: int, batch: int) -> dict[str, float]:
                          env=env, capture_output=True, text=True, check=True).stdout
     child = json.loads(out.strip().splitlines()[-1])
     return {f"{name}, oneDNN off": value for name, value in child.items()
-            if name.startswith("keras3 tf.function, fixed batch")}
+            if name.startswith("keras3 frozen graph, fixed batch")}
 
 
 def main() -> None:
