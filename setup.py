@@ -24,6 +24,7 @@ INSTALL_REQUIRES = [
     "h5py>=3.10",  # Keras-2 HDF5 checkpoints (DeepProfiler's format), read and written by layer name
     "tensorboard>=2.20",  # tf.summary needs it for train's summaries/; TF 2.21 no longer installs it
     "matplotlib>=3.8",  # training curves, illumination and montage pictures with real axes, ticks, colour bars
+    "google-crc32c>=1.5",  # TFRecord framing in export-sc without importing TensorFlow (Google's C CRC-32C)
 ]
 
 EXTRAS_REQUIRE = {
