@@ -35,8 +35,9 @@ def test_cli_help_does_not_load_tensorflow():
     assert result.stdout.strip() == "False False"
 
 
-# Modules that exist to hold TensorFlow code (the model zoo, the trainer, profile's crops). They are still never imported by
-# ``import dpcore`` or by any other dpcore module at import time (the test above covers the rest).
+# Modules that exist to hold TensorFlow code (the model zoo, the trainer, profile's crops). They are
+# still never imported by ``import dpcore`` or by any other dpcore module at import time (the test
+# above covers the rest).
 PURE_EXCEPTIONS: set[str] = {"dpcore.models", "dpcore.trainer", "dpcore.tf_crops"}
 
 
