@@ -61,9 +61,9 @@ from beam_pipelines.running import describe_graph, run_pipeline
 logger = logging.getLogger(__name__)
 
 NAMESPACE = "dpbeam.profile"
+NO_CELLS = "no-cells"  # dead-letter stage that reports, but does not fail the run
 # The model the running command built before its job (FeatureModelSpec -> Keras model), for workers in this process.
 _CHECKED_MODELS: dict[FeatureModelSpec, Any] = {}
-NO_CELLS = "no-cells"  # dead-letter stage that reports, but does not fail the run
 
 
 class FeatureModelHandler(ModelHandler[np.ndarray, np.ndarray, Any]):

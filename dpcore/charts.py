@@ -85,12 +85,6 @@ def training_curves(rows: Sequence[dict], title: str = "") -> bytes:
     return _png(figure)
 
 
-def illumination_function(function: np.ndarray, plate: str, channel: str, images: int,
-                          warning: str | None = None) -> bytes:
-    """The correction function as an image with a colour bar (the factor each pixel is divided by)."""
-    return illumination_functions(function[:, :, None], plate, (channel,), images, warning)[0]
-
-
 def illumination_functions(functions: np.ndarray, plate: str, channels: Sequence[str], images: int,
                            warning: str | None = None) -> list[bytes]:
     """One picture per channel of an ``(H, W, C)`` stack of correction functions.

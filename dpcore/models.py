@@ -179,15 +179,16 @@ def repeat_channel_extractor(per_image: keras.Model, spec: RepeatChannelSpec,
 
 
 def predict_function(model: keras.Model, batch_size: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
-    """A compiled, frozen forward pass: about twice a plain ``tf.function`` on CPU.
+    """A compiled, frozen forward pass: 1.3-2x a plain ``tf.function`` on CPU.
 
     The model is traced once and its variables become constants of the graph
     (``convert_variables_to_constants_v2``, what TF Serving and TFLite converters
     do). Grappler can then fold each batch normalisation into the convolution
     before it and fuse convolution, bias and activation into one oneDNN kernel,
     which it cannot do while weights are variables: on 2 CPU cores EfficientNet-B0
-    cut at ``block6a_activation`` goes from 92 to 191 cells/s at batch 32
-    (``bench/bench_model.py``), features equal to 1e-9.
+    cut at ``block6a_activation`` at batch 32 went from 145 to 190 cells/s in one
+    ``bench/bench_model.py`` run (92 to 191 in another); features equal Keras' own
+    ``predict_on_batch`` (tests/test_inference.py).
 
     With ``batch_size`` every call runs on exactly that many crops (a short
     batch is padded with zeros and the padding's outputs dropped): one graph,

@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from dpcore.charts import TRAINING_COLOUR, VALIDATION_COLOUR, illumination_function, training_curves
+from dpcore.charts import TRAINING_COLOUR, VALIDATION_COLOUR, illumination_functions, training_curves
 
 
 def rgb(hex_colour: str) -> np.ndarray:
@@ -47,10 +47,14 @@ def test_curves_draw_every_metric_logged():
 def test_illumination_picture_has_a_colour_bar_and_shows_the_warning():
     yy, xx = np.mgrid[:520, :696]
     function = 1.0 + 0.5 * np.exp(-((yy - 260) ** 2 + (xx - 348) ** 2) / 2e5)
-    plain = decode(illumination_function(function, "20585", "DNA", 3456))
-    warned = decode(illumination_function(function, "20585", "DNA", 12, "only 12 image(s) per channel"))
+    stack = np.stack([function, 3.0 - function], axis=-1)  # two channels drawn from one figure
+    plain, other = (decode(png) for png in illumination_functions(stack, "20585", ("DNA", "RNA"), 3456))
+    warned = decode(illumination_functions(function[:, :, None], "20585", ("DNA",), 12,
+                                           "only 12 image(s) per channel")[0])
     assert plain.shape[1] == 700 and plain.shape[0] > 500
+    assert other.shape == plain.shape and not np.array_equal(other, plain)
     assert not pixels_of(plain, "#b00020", 25).any()
     assert pixels_of(warned, "#b00020", 25).sum() > 500  # the warning's red box
     # viridis runs from dark purple (low) to yellow (high): both ends appear, in the image and its colour bar.
-    assert pixels_of(plain, "#fde725", 30).sum() > 100 and pixels_of(plain, "#440154", 30).sum() > 100
+    for picture in (plain, other):
+        assert pixels_of(picture, "#fde725", 30).sum() > 100 and pixels_of(picture, "#440154", 30).sum() > 100
