@@ -175,13 +175,18 @@ class _Interruption:
         if self.event.is_set():
             os._exit(EXIT_INTERRUPTED)  # a second Ctrl-C: leave at once
         self.event.set()
+        self._silence()  # the runner logs the KeyboardInterrupt with a traceback while it unwinds
         raise KeyboardInterrupt
 
-    def leave(self, command: str) -> None:
-        """One line instead of the runner's tracebacks; then exit 130 without waiting for its threads."""
+    @staticmethod
+    def _silence() -> None:
         logging.disable(logging.CRITICAL)
         sys.stderr.flush()
         sys.stderr = open(os.devnull, "w")  # threads still unwinding must not print over the message
+
+    def leave(self, command: str) -> None:
+        """One line instead of the runner's tracebacks; then exit 130 without waiting for its threads."""
+        self._silence()
         _emit(f"dpbeam {command}: interrupted; outputs are consistent (every file is committed whole), "
               f"re-run the same command to continue")
         atexit._run_exitfuncs()  # e.g. stop a job server Beam started; the runner's worker threads are not joined
