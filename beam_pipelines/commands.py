@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
+from dpcore.acceleration import PRECISIONS
 from dpcore.example import EXAMPLE_CONFIG, write_example_project
 from dpcore.split import split_index
 from dpcore.validate import validate_project
@@ -168,6 +169,17 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
     _dry_run_argument(parser)
 
 
+def _acceleration_arguments(parser: argparse.ArgumentParser, batch_key: str) -> None:
+    """Options for a GPU (or TPU) run: they change speed, not the model (see dpcore.acceleration)."""
+    parser.add_argument("--batch-size", type=int, default=None, metavar="N",
+                        help=f"cells per model call (default: the config's {batch_key}); e.g. 256 on a GPU")
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32",
+                        help="numeric precision of the network: mixed_float16 for NVIDIA GPUs with tensor cores, "
+                             "mixed_bfloat16 for TPUs/Ampere+ (weights stay float32; default float32)")
+    parser.add_argument("--xla", action="store_true",
+                        help="compile the network with XLA (for GPUs; much slower on a CPU)")
+
+
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epoch", type=int, default=1,
                         help="first epoch: N > 1 continues from checkpoint_{N-1:04d}.hdf5 (DeepProfiler's flag)")
@@ -175,6 +187,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pretrained-weights", default=None,
                         help="Keras ImageNet 'notop' weights for initialization ImageNet "
                              "(default: ROOT/inputs/pretrained/<Keras file name>); nothing is downloaded")
+    _acceleration_arguments(parser, "train.model.params.batch_size")
 
 
 def _profile_arguments(parser: argparse.ArgumentParser) -> None:
@@ -187,6 +200,7 @@ def _profile_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inference-accelerator", default=None,
                         help="Beam resource hint for the inference step only, e.g. on Dataflow "
                              "'type:nvidia-tesla-t4;count:1;install-nvidia-driver'")
+    _acceleration_arguments(parser, "profile.batch_size")
     _detach_argument(parser)
     _dry_run_argument(parser)
 

@@ -7,6 +7,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+from dpcore.acceleration import Acceleration
 from dpcore.config import Config, ConfigError, load_config
 from dpcore.layout import ProjectLayout
 
@@ -49,4 +50,13 @@ class CommandContext:
             logger.info("CUDA_VISIBLE_DEVICES=%s", self.gpu)
 
 
-__all__ = ["CommandContext", "ConfigError", "UsageError"]
+def acceleration_options(args, config_batch_size: int, batch_key: str) -> tuple[int, Acceleration]:
+    """(batch size, precision and XLA) from ``--batch-size``, ``--precision`` and ``--xla``."""
+    batch_size = config_batch_size if getattr(args, "batch_size", None) is None else args.batch_size
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1 (got {batch_size}; the config's {batch_key} applies "
+                         f"when it is not given)")
+    return batch_size, Acceleration(getattr(args, "precision", "float32"), bool(getattr(args, "xla", False)))
+
+
+__all__ = ["CommandContext", "ConfigError", "UsageError", "acceleration_options"]

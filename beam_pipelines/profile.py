@@ -52,7 +52,7 @@ from dpcore.single_cells import CellSource
 from dpcore.storage import StoragePath, as_storage_path
 from dpcore.tensorflow_runtime import cores_shared
 
-from beam_pipelines.context import CommandContext, UsageError
+from beam_pipelines.context import CommandContext, UsageError, acceleration_options
 from beam_pipelines.dead_letter import WriteDeadLetters, failure, read_failures, report_failures
 from beam_pipelines.index import ReadSites
 from beam_pipelines.progress import OutputProgress, inc_counter
@@ -85,7 +85,7 @@ class FeatureModelHandler(ModelHandler[np.ndarray, np.ndarray, Any]):
         # A worker in the launcher's own process (the local DirectRunner's threads) reuses the model the
         # launcher built to check the config: one build less (~3-5 s of start-up for EfficientNet-B0).
         model = _CHECKED_MODELS.get(self.spec) or self.spec.build()
-        return predict_function(model, self.batch_size)
+        return predict_function(model, self.batch_size, xla=self.spec.acceleration.xla)
 
     def run_inference(self, batch: Sequence[np.ndarray], model, inference_args=None) -> Iterable[np.ndarray]:
         vectors = model(np.stack(batch))
@@ -407,6 +407,7 @@ def describe(spec: FeatureModelSpec, dimension: int, config: Config) -> dict:
         "checkpoint": spec.checkpoint, "checkpoint_sha256": file_sha256(StoragePath(spec.checkpoint))
         if spec.checkpoint else None,
         "pretrained_weights": spec.pretrained_weights, "config_fingerprint": config.fingerprint,
+        "precision": spec.acceleration.precision,
     }
 
 
@@ -440,7 +441,8 @@ def _profile(config: Config, layout: ProjectLayout, beam_args: tuple[str, ...], 
     index_path = layout.index_file
     scan = scan_index(index_path, config, "profile")  # fail fast on a bad index; nothing per site is kept
     source = replace(CellSource.from_config(layout, config), crop_engine="tensorflow")
-    spec = build_spec(layout, config, args.pretrained_weights)
+    batch_size, acceleration = acceleration_options(args, config.profile.batch_size, "profile.batch_size")
+    spec = replace(build_spec(layout, config, args.pretrained_weights), acceleration=acceleration)
     try:
         probe = spec.build()  # fail before the pipeline: unknown layer, wrong checkpoint, missing weights
     except CheckpointError as error:
@@ -448,13 +450,13 @@ def _profile(config: Config, layout: ProjectLayout, beam_args: tuple[str, ...], 
     dimension = int(probe.output.shape[-1])
     _CHECKED_MODELS[spec] = probe
     try:
-        return _run_job(config, layout, beam_args, args, emit, spec, scan, source, dimension)
+        return _run_job(config, layout, beam_args, args, emit, spec, scan, source, dimension, batch_size)
     finally:
         _CHECKED_MODELS.pop(spec, None)
 
 
 def _run_job(config: Config, layout: ProjectLayout, beam_args: tuple[str, ...], args: argparse.Namespace, emit,
-             spec: FeatureModelSpec, scan, source: CellSource, dimension: int) -> int:
+             spec: FeatureModelSpec, scan, source: CellSource, dimension: int, batch_size: int) -> int:
     index_path = layout.index_file
     description = describe(spec, dimension, config)
     existing = features.read_manifest(layout.features_dir)
@@ -465,9 +467,10 @@ def _run_job(config: Config, layout: ProjectLayout, beam_args: tuple[str, ...], 
             f"comparable. Use --overwrite to redo every site, or another --exp")
     emit(f"profile: {scan.sites} site(s) in {len(scan.plates)} plate(s) from {index_path}"
          f"{'' if args.overwrite else ' (committed sites are skipped)'}; model {spec.model_name} "
-         f"(conv_blocks {spec.conv_blocks}), layer {spec.feature_layer} -> {dimension} features per cell")
+         f"(conv_blocks {spec.conv_blocks}), layer {spec.feature_layer} -> {dimension} features per cell; "
+         f"batch {batch_size}, {spec.acceleration.describe()}")
     record_file = features.run_record_file(layout.features_dir, index_path)
-    build_profile = (lambda pipeline: build(pipeline, source, spec, config.profile.batch_size, index_path,
+    build_profile = (lambda pipeline: build(pipeline, source, spec, batch_size, index_path,
                                             args.overwrite, description, args.inference_accelerator))
     if args.dry_run:
         for line in describe_graph(build_profile, beam_args):

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import logging
+from dataclasses import replace
 
 from dpcore.checkpoints import CheckpointError
 from dpcore.config import Config
@@ -22,7 +23,7 @@ from dpcore.storage import StoragePath, as_storage_path
 from dpcore.tensorflow_runtime import load_tensorflow
 from dpcore.training_data import ExportInfo, TrainingDataError
 
-from beam_pipelines.context import CommandContext, UsageError
+from beam_pipelines.context import CommandContext, UsageError, acceleration_options
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,12 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     except (TrainingDataError, TrainingError) as error:
         raise UsageError(str(error)) from error
 
+    batch_size, acceleration = acceleration_options(args, config.train.model.params.batch_size,
+                                                    "train.model.params.batch_size")
+    if acceleration.xla and args.seed is not None:
+        raise UsageError("--seed makes every operation deterministic, and XLA has no deterministic version of "
+                         "some gradients (e.g. max pooling's): a repeatable run cannot use --xla; drop one of them")
+
     tf = load_tensorflow()  # TensorFlow loads only when training really starts
     import keras  # noqa: PLC0415
 
@@ -95,15 +102,16 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
         keras.utils.set_random_seed(args.seed)
         tf.config.experimental.enable_op_determinism()
     model = config.train.model
-    plan = TrainingPlan.from_config(config, info.num_classes,
-                                    (info.box_size, info.box_size, info.channels), pretrained.url)
+    plan = replace(TrainingPlan.from_config(config, info.num_classes,
+                                            (info.box_size, info.box_size, info.channels), pretrained.url),
+                   batch_size=batch_size)
     sampling, validation = config.train.sampling, config.train.validation
     data = DataSettings(cache_size=sampling.cache_size, workers=sampling.workers, factor=sampling.factor,
                         augmentations=model.augmentations, validation_frame=validation.frame,
                         validation_batch_size=validation.batch_size,
                         sample_first_crops=validation.sample_first_crops, seed=seed)
     try:
-        trainer = Trainer(plan, info, data, layout, info.labels)
+        trainer = Trainer(plan, info, data, layout, info.labels, acceleration=acceleration)
         first = args.epoch
         if first > 1:
             trainer.start_from_checkpoint(first)
@@ -127,7 +135,7 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     emit(f"train: {plan.model_name} (conv_blocks {plan.conv_blocks}) on {info.counts.get('training', 0)} training "
          f"cells, {info.num_classes} classes {list(info.labels)}, epochs {first}..{plan.epochs}, "
          f"global batch {plan.batch_size}, {trainer.strategy.num_replicas_in_sync} replica(s) "
-         f"({type(trainer.strategy).__name__})")
+         f"({type(trainer.strategy).__name__}), {acceleration.describe()}")
     # Only the chief writes; with several workers the others must not contend for the lock.
     with output_lock(layout.checkpoint_dir, "train") if trainer.chief else contextlib.nullcontext():
         rows = trainer.run(first)

@@ -33,7 +33,9 @@ FAILED_DIR = "_failed"
 SUFFIX = ".parquet"
 # What a manifest must agree on for new sites to be added beside existing ones.
 MODEL_KEYS = ("model", "conv_blocks", "feature_layer", "features_per_cell", "checkpoint_sha256",
-              "pretrained_weights", "config_fingerprint")
+              "pretrained_weights", "config_fingerprint", "precision")
+# What a manifest written before a key existed meant by leaving it out.
+MODEL_KEY_DEFAULTS = {"precision": "float32"}
 
 
 def site_key(plate: str, well: str, site: str) -> str:
@@ -83,7 +85,10 @@ def read_manifest(features_dir: StoragePath) -> dict | None:
 
 def model_differences(existing: dict, wanted: dict) -> list[str]:
     """The model keys on which two manifests disagree (empty: new sites may join the old ones)."""
-    return [key for key in MODEL_KEYS if existing.get(key) != wanted.get(key)]
+    def value(manifest: dict, key: str):
+        return manifest.get(key, MODEL_KEY_DEFAULTS.get(key))
+
+    return [key for key in MODEL_KEYS if value(existing, key) != value(wanted, key)]
 
 
 def read_run_records(features_dir: StoragePath) -> dict[str, dict]:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from dpcore.acceleration import Acceleration
 from dpcore.checkpoints import CheckpointError, load_weights_by_name, read_layer_weights
 from dpcore.storage import StoragePath
 
@@ -50,9 +51,14 @@ class FeatureModelSpec:
     checkpoint: str | None = None             # URL of the weights file
     repeat_channel_size: int | None = None    # ImageNet baseline input size (224, 299)
     pretrained_weights: str | None = None     # URL of the ImageNet weights file
+    acceleration: Acceleration = Acceleration()  # precision and XLA (--precision, --xla)
 
     def build(self):
-        """The Keras feature model (crops in [0, 1] -> vectors). Imports TensorFlow."""
+        """The Keras feature model (crops in [0, 1] -> vectors), at the spec's precision. Imports TensorFlow."""
+        with self.acceleration.building():
+            return self._build()
+
+    def _build(self):
         from dpcore import models  # noqa: PLC0415 -- TF only on workers that profile
 
         if self.repeat_channel_size:

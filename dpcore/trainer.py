@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dpcore import models
+from dpcore.acceleration import Acceleration
 from dpcore.charts import training_curves
 from dpcore.checkpoints import CheckpointError, load_weights_by_name, read_layer_weights, save_weights
 from dpcore.layout import ProjectLayout
@@ -82,21 +83,25 @@ def imagenet_initialise(model, plan: TrainingPlan) -> None:
 
 class Trainer:
     def __init__(self, plan: TrainingPlan, info: ExportInfo, data: DataSettings, layout: ProjectLayout,
-                 labels: tuple[str, ...], strategy=None):
+                 labels: tuple[str, ...], strategy=None, acceleration: Acceleration = Acceleration()):
         tf = load_tensorflow()
         from dpcore.training import choose_strategy  # noqa: PLC0415
 
         self.tf = tf
         self.plan, self.info, self.data, self.layout, self.labels = plan, info, data, layout, labels
+        self.acceleration = acceleration
         self.strategy = strategy or choose_strategy()
         self.chief = is_chief()
         with self.strategy.scope():
-            self.model = models.classifier(plan.model_name, plan.input_shape, plan.num_classes, plan.conv_blocks,
-                                           regularize=True)
+            with acceleration.building():
+                self.model = models.classifier(plan.model_name, plan.input_shape, plan.num_classes,
+                                               plan.conv_blocks, regularize=True)
             if plan.initialization == "imagenet":
                 imagenet_initialise(self.model, plan)
             import keras  # noqa: PLC0415
             self.optimizer = keras.optimizers.SGD(learning_rate=plan.learning_rate, momentum=0.9, nesterov=True)
+            if acceleration.loss_scaling:  # float16 gradients underflow unless the loss is scaled up first
+                self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
             self.optimizer.build(self.model.trainable_variables)
             self.loss = keras.losses.CategoricalCrossentropy(label_smoothing=plan.label_smoothing,
                                                              reduction="none")
@@ -106,7 +111,8 @@ class Trainer:
         self.plateau = PlateauController(plan.learning_rate)
         self.best_validation = float("inf")
         self._train_step = self._build_train_step()
-        self._eval_step = tf.function(lambda images: self.model(images, training=False))
+        self._eval_step = tf.function(lambda images: self.model(images, training=False),
+                                      jit_compile=acceleration.xla)
 
     # ------------------------------------------------------------- steps
     def _sums(self, probabilities, onehot, labels):
@@ -130,18 +136,28 @@ class Trainer:
     def _build_train_step(self):
         tf, plan = self.tf, self.plan
 
-        def step(images, onehot, labels):
-            targets = onehot
-            if plan.online_labels:
-                soft = tf.gather(self.soft_labels, labels)
-                targets = (1.0 - plan.online_smoothing) * onehot + plan.online_smoothing * soft
+        def forward_backward(images, targets):
             with tf.GradientTape() as tape:
                 probabilities = self.model(images, training=True)
                 per_example = self.loss(targets, probabilities)
                 loss = tf.nn.compute_average_loss(per_example, global_batch_size=plan.batch_size)
                 if self.model.losses:
-                    loss += tf.nn.scale_regularization_loss(tf.add_n(self.model.losses))
-            gradients = tape.gradient(loss, self.model.trainable_variables)
+                    loss += tf.nn.scale_regularization_loss(
+                        tf.add_n([tf.cast(term, tf.float32) for term in self.model.losses]))
+                loss = self.optimizer.scale_loss(loss)  # unchanged unless --precision mixed_float16
+            return tape.gradient(loss, self.model.trainable_variables), probabilities, per_example
+
+        # XLA compiles the network's forward and backward pass; the optimizer's update stays outside, where
+        # tf.distribute aggregates the replicas' gradients.
+        if self.acceleration.xla:
+            forward_backward = tf.function(forward_backward, jit_compile=True)
+
+        def step(images, onehot, labels):
+            targets = onehot
+            if plan.online_labels:
+                soft = tf.gather(self.soft_labels, labels)
+                targets = (1.0 - plan.online_smoothing) * onehot + plan.online_smoothing * soft
+            gradients, probabilities, per_example = forward_backward(images, targets)
             self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
             sums = self._sums(probabilities, onehot, labels)
             sums["loss"] = tf.reduce_sum(per_example)

@@ -57,3 +57,28 @@ def test_only_local_workers_count_as_concurrent_model_callers():
     assert local_model_callers(("--direct_num_workers", "3", "--direct_running_mode", "multi_processing")) == 3
     assert local_model_callers(("--runner=FlinkRunner", "--direct_num_workers=4")) == 1
     assert local_model_callers(()) == 1
+
+
+@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
+def test_reduced_precision_features_are_float32_and_close(efficientnet_cut, precision):
+    import keras
+
+    from dpcore.acceleration import Acceleration
+
+    crops = np.random.default_rng(2).random((12, 64, 64, 5), dtype=np.float32)
+    expected = efficientnet_cut.predict_on_batch(crops)
+    with Acceleration(precision).building():
+        reduced = models.feature_extractor(models.classifier("efficientnet", (64, 64, 5), 3), "block6a_activation")
+    assert keras.mixed_precision.dtype_policy().name == "float32"  # the global policy is restored
+    reduced.set_weights(efficientnet_cut.get_weights())
+    found = models.predict_function(reduced, 8, xla=True)(crops)
+    assert found.dtype == np.float32
+    assert not np.array_equal(found, expected)
+    np.testing.assert_allclose(found, expected, rtol=0, atol=0.02 * np.abs(expected).max())
+
+
+def test_unknown_precision_is_refused():
+    from dpcore.acceleration import Acceleration, AccelerationError
+
+    with pytest.raises(AccelerationError, match="float64"):
+        Acceleration("float64")

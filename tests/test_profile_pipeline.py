@@ -292,3 +292,24 @@ def test_two_worker_processes_give_the_same_features(small_cnn):
     pd.testing.assert_frame_equal(one.drop(columns=one.filter(like="cnn_").columns).reset_index(drop=True),
                                   two.drop(columns=two.filter(like="cnn_").columns).reset_index(drop=True))
     np.testing.assert_array_equal(two.filter(like="cnn_").to_numpy(), one.filter(like="cnn_").to_numpy())
+
+
+def test_gpu_options_give_close_features_that_never_mix_with_float32_ones(small_cnn):
+    # The GPU code path (reduced precision, XLA, a batch size from the command line) runs on the CPU here.
+    root, name, _ = small_cnn
+    order = ["Metadata_Well", "Metadata_Site", "Metadata_Cell_Index"]
+    assert profile(root, name)[0] == 0
+    full = features_of(root).sort_values(order).filter(like="cnn_").to_numpy()
+    code, text = profile(root, name, "--overwrite", "--precision", "mixed_bfloat16", "--xla", "--batch-size", "5")
+    assert code == 0 and "batch 5, precision mixed_bfloat16, XLA on" in text, text
+    reduced = features_of(root).sort_values(order).filter(like="cnn_").to_numpy()
+    assert reduced.dtype == np.float32 and reduced.shape == full.shape
+    assert not np.array_equal(reduced, full)  # bfloat16 really ran
+    np.testing.assert_allclose(reduced, full, rtol=0, atol=0.02 * np.abs(full).max())  # 8-bit mantissa
+    manifest = json.loads((root / "outputs/results/features/_manifest.json").read_text())
+    assert manifest["precision"] == "mixed_bfloat16"
+    (root / "outputs/results/features/20585/A01-7.parquet").unlink()
+    code, text = profile(root, name)  # float32 features would join bfloat16 ones: refused
+    assert code == 2 and "precision differ" in text, text
+    code, text = profile(root, name, "--batch-size", "-3")
+    assert code == 2 and "--batch-size must be at least 1" in text, text

@@ -304,3 +304,28 @@ def test_a_killed_training_run_continues_after_its_last_finished_epoch(tmp_path)
     assert code == 0 and f"continuing an interrupted run after epoch {finished}" in text, text
     assert list(log(root)["epoch"]) == [1, 2, 3, 4, 5]
     assert checkpoints(root) == [f"checkpoint_000{i}.hdf5" for i in range(1, 6)]
+
+
+@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
+def test_gpu_options_train_on_the_cpu_and_write_float32_checkpoints(synthetic, precision):
+    # The GPU code path (reduced precision, loss scaling for float16, XLA, a batch size from the command
+    # line) runs here on the CPU: a GPU run differs only in speed.
+    config = write_config(synthetic, synthetic_config(epochs=3), "train.json")
+    options = ("--precision", precision, "--xla", "--batch-size", "16")
+    code, text = run_cli("--root", str(synthetic), "--config", config, "train", *options)
+    assert code == 0, text
+    assert f"global batch 16, 1 replica(s) (OneDeviceStrategy), precision {precision}, XLA on" in text, text
+    history = log(synthetic)
+    assert np.isfinite(history["loss"]).all(), history
+    # The updates reach the weights (float16's loss scaling undone): it learns the training set (chance 1/3).
+    assert history["loss"].iloc[-1] < history["loss"].iloc[0] and history["accuracy"].iloc[-1] > 0.9, history
+    weights = read_layer_weights(StoragePath(str(synthetic / "outputs/results/checkpoint/checkpoint_0003.hdf5")))
+    assert all(array.dtype == np.float32 for arrays in weights.values() for array in arrays)
+
+
+def test_gpu_options_that_cannot_work_are_refused_before_training(synthetic):
+    code, text = train(synthetic, synthetic_config(), "--batch-size", "0")
+    assert code == 2 and "--batch-size must be at least 1" in text, text
+    code, text = train(synthetic, synthetic_config(), "--xla")  # train() passes --seed
+    assert code == 2 and "a repeatable run cannot use --xla" in text, text
+    assert not (synthetic / "outputs/results/checkpoint").exists()
