@@ -30,7 +30,6 @@ import argparse
 import io
 import json
 import logging
-import os
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -56,7 +55,7 @@ from beam_pipelines.context import CommandContext, UsageError, acceleration_opti
 from beam_pipelines.dead_letter import WriteDeadLetters, failure, read_failures, report_failures
 from beam_pipelines.index import ReadSites
 from beam_pipelines.progress import OutputProgress, inc_counter
-from beam_pipelines.running import describe_graph, run_pipeline
+from beam_pipelines.running import describe_graph, local_parallelism, run_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -369,22 +368,6 @@ def build(pipeline: beam.Pipeline, source: CellSource, spec: FeatureModelSpec, b
     _ = pipeline | "Profile" >> ProfileSites(
         source, spec, batch_size, str(index_path), overwrite,
         features.failures_file(source.layout.features_dir, index_path), description, accelerator)
-
-
-def local_parallelism(beam_args: tuple[str, ...]) -> tuple[str, ...]:
-    """On the local DirectRunner, default to one thread per core.
-
-    Threads let one site be read and cut while another batch is inferred
-    (both run in TensorFlow, outside the GIL), and with ``cores_shared`` each
-    thread's model call uses its own core. Users' own --runner/--direct_*
-    choices always win.
-    """
-    chosen = " ".join(beam_args)
-    if "--runner" in chosen and "DirectRunner" not in chosen:
-        return beam_args
-    if "--direct_num_workers" in chosen or "--direct_running_mode" in chosen:
-        return beam_args
-    return beam_args + (f"--direct_num_workers={os.cpu_count() or 1}", "--direct_running_mode=multi_threading")
 
 
 def local_model_callers(beam_args: tuple[str, ...]) -> int:

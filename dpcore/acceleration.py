@@ -22,6 +22,8 @@ import threading
 from dataclasses import dataclass
 from typing import Iterator
 
+from dpcore.tensorflow_runtime import load_tensorflow
+
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 # Keras' dtype policy is global to the process; local DirectRunner threads build their models at the same time.
@@ -58,6 +60,7 @@ class Acceleration:
         """Layers created inside the block compute at this precision (weights stay float32).
 
         The policy is set even for float32: another thread may be building at another precision."""
+        load_tensorflow()  # quietly, before Keras imports it loudly
         import keras  # noqa: PLC0415
 
         with _policy_lock:

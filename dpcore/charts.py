@@ -111,5 +111,5 @@ def illumination_functions(functions: np.ndarray, plate: str, channels: Sequence
         shown.set_clim(float(np.nanmin(function)), float(np.nanmax(function)))
         title.set_text(f"plate {plate}, channel {channel}: illumination function from {images} image(s)")
         pictures.append(_png(figure))
-        figure.set_layout_engine("none")  # laid out by the first draw; the rest only change data and text
+        figure.set_layout_engine(None)  # laid out by the first draw; the rest only change data and text
     return pictures

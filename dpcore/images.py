@@ -1,4 +1,4 @@
-"""Reading microscopy images: TIFF with tifffile, PNG with Pillow.
+"""Reading microscopy images (TIFF with tifffile, PNG with Pillow) and writing PNGs.
 
 tensorflow-io cannot serve this stack (its ops do not load under TF >= 2.20 and
 its ``decode_tiff`` returns 8-bit RGBA), so TIFFs are decoded with tifffile,
@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import io
 import logging
+import struct
+import zlib
 
 import numpy as np
 import tifffile
+from isal import isal_zlib
 from PIL import Image
 
 from dpcore.storage import StoragePath
@@ -89,16 +92,35 @@ def image_shape(path: StoragePath) -> tuple[int, int]:
     raise ImageReadError(f"{path}: not a TIFF or PNG file")
 
 
-# zlib level for PNGs we write. Measured on a 696x520 8-bit Cell Painting channel:
-# level 6 (Pillow's default) 45 ms and 169 kB, level 3 12 ms and 188 kB, level 1
-# 9 ms and 195 kB. Encoding at 6 was ~85% of prepare's time; 3 buys 3.7x for 11% more bytes.
-PNG_COMPRESS_LEVEL = 3
+# ISA-L's deflate level 2 (of 0-3): as small as zlib's level 3 on BBBC022's 8-bit channels, ~10x faster.
+PNG_DEFLATE_LEVEL = 2
+_PNG_FILTER_UP = 2
 
 
-def encode_png(array: np.ndarray, compress_level: int = PNG_COMPRESS_LEVEL) -> bytes:
-    """Losslessly encode a 2-D uint8 or uint16 array as PNG."""
-    if array.ndim != 2 or array.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"encode_png takes a 2-D uint8/uint16 array, got {array.dtype} {array.shape}")
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", compress_level=compress_level)
-    return buffer.getvalue()
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """Losslessly encode a 2-D uint8 or uint16 array as a greyscale PNG.
+
+    Written here rather than by Pillow, whose encoder spent ~25 ms of a 696x520 channel choosing a
+    filter per row (its zlib level hardly mattered): every row uses PNG's "Up" filter (the difference
+    to the row above, one numpy subtraction; smooth microscopy images compress as well with it) and
+    the stream is deflated by ISA-L (``isal``): ~2.5 ms, 173 KiB, against Pillow's 25 ms, 173 KiB at
+    level 3. Any PNG reader decodes it (tests read it back with Pillow).
+    """
+    if array.ndim != 2 or array.dtype not in (np.uint8, np.uint16) or 0 in array.shape:
+        raise ValueError(f"encode_png takes a non-empty 2-D uint8/uint16 array, got {array.dtype} {array.shape}")
+    height, width = array.shape
+    depth = 8 * array.dtype.itemsize
+    # PNG stores 16-bit samples big-endian, and filters work on bytes, not samples.
+    rows = np.ascontiguousarray(array.astype(array.dtype.newbyteorder(">"), copy=False)).view(np.uint8)
+    filtered = np.empty((height, rows.shape[1] + 1), dtype=np.uint8)
+    filtered[:, 0] = _PNG_FILTER_UP
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # modulo 256, as the filter is defined
+    header = struct.pack(">IIBBBBB", width, height, depth, 0, 0, 0, 0)  # greyscale, deflate, no interlace
+    return (_PNG_MAGIC + _png_chunk(b"IHDR", header)
+            + _png_chunk(b"IDAT", isal_zlib.compress(filtered.tobytes(), PNG_DEFLATE_LEVEL))
+            + _png_chunk(b"IEND", b""))

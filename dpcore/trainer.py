@@ -83,13 +83,13 @@ def imagenet_initialise(model, plan: TrainingPlan) -> None:
 
 class Trainer:
     def __init__(self, plan: TrainingPlan, info: ExportInfo, data: DataSettings, layout: ProjectLayout,
-                 labels: tuple[str, ...], strategy=None, acceleration: Acceleration = Acceleration()):
+                 labels: tuple[str, ...], strategy=None, acceleration: Acceleration | None = None):
         tf = load_tensorflow()
         from dpcore.training import choose_strategy  # noqa: PLC0415
 
         self.tf = tf
         self.plan, self.info, self.data, self.layout, self.labels = plan, info, data, layout, labels
-        self.acceleration = acceleration
+        self.acceleration = acceleration = acceleration or Acceleration()
         self.strategy = strategy or choose_strategy()
         self.chief = is_chief()
         with self.strategy.scope():

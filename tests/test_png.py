@@ -1,0 +1,49 @@
+"""prepare's PNG writer (``dpcore.images.encode_png``) against Pillow's decoder and encoder."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from dpcore.images import decode_image, encode_png
+
+REAL_CHANNEL = sorted((Path(__file__).parent / "data/bbbc022/inputs/images").rglob("*.tif"))[0]
+
+
+def pillow_reads(data: bytes) -> np.ndarray:
+    image = Image.open(io.BytesIO(data))
+    image.verify()  # chunk CRCs and structure
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+@pytest.mark.parametrize("shape", [(520, 696), (1, 1), (1, 7), (9, 1), (3, 5)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_pillow_decodes_what_we_write(shape, dtype):
+    values = np.random.default_rng(sum(shape)).integers(0, np.iinfo(dtype).max, shape, endpoint=True, dtype=dtype)
+    data = encode_png(values)
+    decoded = pillow_reads(data)
+    assert decoded.shape == shape
+    np.testing.assert_array_equal(decoded.astype(dtype), values)
+    np.testing.assert_array_equal(decode_image(data, "test"), values)
+
+
+def test_a_real_channel_is_as_small_as_pillows_png():
+    channel = tifffile.imread(REAL_CHANNEL)
+    eight_bit = np.rint(channel / channel.max() * 255).astype(np.uint8)
+    ours = encode_png(eight_bit)
+    pillow = io.BytesIO()
+    Image.fromarray(eight_bit).save(pillow, format="PNG", compress_level=3)
+    np.testing.assert_array_equal(pillow_reads(ours), eight_bit)
+    assert len(ours) < 1.1 * len(pillow.getvalue()), (len(ours), len(pillow.getvalue()))
+    np.testing.assert_array_equal(pillow_reads(encode_png(channel)), channel)  # the 16-bit original too
+
+
+@pytest.mark.parametrize("bad", [np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2), np.float32), np.zeros((0, 4), np.uint8)])
+def test_only_2d_integer_images_are_encoded(bad):
+    with pytest.raises(ValueError, match="2-D uint8/uint16"):
+        encode_png(bad)
