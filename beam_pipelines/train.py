@@ -73,6 +73,17 @@ def check_inputs(config: Config, info: ExportInfo) -> None:
         raise TrainingError("checkpoint_policy 'best' needs validation data")
 
 
+def _without_op_determinism() -> None:
+    """A run without --seed starts as in a fresh process, even after a seeded run in this one (a notebook,
+    the tests): determinism is process-wide once on, and XLA refuses some ops under it. TensorFlow has
+    no public switch back, hence its config module's own function, when it exists."""
+    from tensorflow.python.framework import config as tf_config  # noqa: PLC0415
+
+    disable = getattr(tf_config, "disable_op_determinism", None)
+    if disable is not None:
+        disable()
+
+
 def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     config = context.load_config("train")
     context = context.with_config_paths(config)
@@ -101,6 +112,8 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     if args.seed is not None:
         keras.utils.set_random_seed(args.seed)
         tf.config.experimental.enable_op_determinism()
+    else:
+        _without_op_determinism()
     model = config.train.model
     plan = replace(TrainingPlan.from_config(config, info.num_classes,
                                             (info.box_size, info.box_size, info.channels), pretrained.url),
