@@ -27,7 +27,6 @@ the model handler (``load_model``) and runs as a frozen graph (``dpcore.models.p
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 from dataclasses import dataclass, replace
@@ -35,7 +34,6 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import apache_beam as beam
 import numpy as np
-import pyarrow.parquet as pq
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 
 from dpcore import features
@@ -46,7 +44,8 @@ from dpcore.layout import ProjectLayout, UnsafePathError
 from dpcore.locations import LocationsError, LocationsMissing
 from dpcore.locking import output_lock
 from dpcore.metadata import Site, scan_index
-from dpcore.profiling import FeatureModelSpec, classes_in_checkpoint, feature_table, pretrained_weights_file
+from dpcore.profiling import (FeatureModelSpec, classes_in_checkpoint, feature_parquet, feature_table,
+                              pretrained_weights_file)
 from dpcore.single_cells import CellSource
 from dpcore.storage import StoragePath, as_storage_path
 from dpcore.tensorflow_runtime import cores_shared
@@ -186,10 +185,8 @@ class WriteSiteFeatures(beam.DoFn):
         centres = np.array([xy for c, xy in zip(info.cell_indices, info.centres) if c in by_cell])
         table = feature_table(dict(info.metadata), self.model_name, np.array(cells), centres,
                               np.stack([by_cell[c] for c in cells]))
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer)
         plate, well, site = features.split_site_key(key)
-        features.site_file(self.layout.features_dir, plate, well, site).write_bytes(buffer.getvalue())  # committed
+        features.site_file(self.layout.features_dir, plate, well, site).write_bytes(feature_parquet(table))  # committed
         inc_counter(NAMESPACE, "sites_written")
         return key, len(cells)
 

@@ -203,9 +203,7 @@ def predict_function(model: keras.Model, batch_size: int | None = None,
     float32 whatever precision the model computes in.
     """
     shape = (batch_size,) + tuple(model.input.shape[1:])
-    frozen = frozen_graph(model, shape)
-    if xla:
-        frozen = tf.function(frozen, jit_compile=True)
+    frozen = frozen_graph(model, shape, xla=xla)
     if batch_size is None:
         return lambda batch: frozen(tf.convert_to_tensor(batch, tf.float32)).numpy()
 
@@ -224,11 +222,17 @@ def predict_function(model: keras.Model, batch_size: int | None = None,
     return predict
 
 
-def frozen_graph(model: keras.Model, input_shape: tuple[int | None, ...]) -> Callable[[tf.Tensor], tf.Tensor]:
+def frozen_graph(model: keras.Model, input_shape: tuple[int | None, ...],
+                 xla: bool = False) -> Callable[[tf.Tensor], tf.Tensor]:
     """``model(x, training=False)`` traced for ``input_shape`` with its weights as graph constants.
 
     The returned function holds no reference to the Keras model: weights live
     once, in the graph. Its single output is returned as one tensor.
+
+    The frozen ``ConcreteFunction`` is called through a ``tf.function`` with the
+    same signature: called directly, it first tries to bind its arguments to a
+    structured signature it does not have, and the failure formats the whole
+    input tensor as text (~20 ms of a 32-crop batch, holding the GIL).
     """
     from tensorflow.python.framework.convert_to_constants import (  # noqa: PLC0415
         convert_variables_to_constants_v2,
@@ -237,4 +241,5 @@ def frozen_graph(model: keras.Model, input_shape: tuple[int | None, ...]) -> Cal
     traced = tf.function(lambda batch: tf.cast(model(batch, training=False), tf.float32),
                          input_signature=[tf.TensorSpec(input_shape, tf.float32)])
     constant = convert_variables_to_constants_v2(traced.get_concrete_function())
-    return lambda batch: constant(batch)[0]
+    return tf.function(lambda batch: constant(batch)[0], input_signature=[tf.TensorSpec(input_shape, tf.float32)],
+                       jit_compile=xla or None)

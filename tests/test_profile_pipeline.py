@@ -9,6 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 import keras  # noqa: E402  (required: the suite fails, never skips, without it)
@@ -210,6 +211,11 @@ def test_output_schema_follows_the_metadata_convention(small):
                    "Metadata_Model", "Metadata_Cell_Index", "Metadata_Nuclei_Location_Center_X"):
         assert column in frame.columns
     assert set(frame["Metadata_Model"]) == {"efficientnet"}
+    # Row-group statistics (for filters) on the metadata, none on the features (they only cost time).
+    chunks = pq.ParquetFile(next((root / "outputs/results/features").glob("*/*.parquet"))).metadata.row_group(0)
+    with_statistics = {chunks.column(i).path_in_schema: chunks.column(i).is_stats_set
+                       for i in range(chunks.num_columns)}
+    assert with_statistics["Metadata_Well"] and not with_statistics["efficientnet_0"]
     # Aggregation by treatment works the way pycytominer.aggregate does it (median per group).
     profiles = frame.groupby("Metadata_Treatment")[features].median()
     assert profiles.shape == (2, 672) and np.isfinite(profiles.to_numpy()).all()
