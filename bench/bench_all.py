@@ -1,13 +1,13 @@
 """Every stage the way a user runs it, on a screen of several plates: the README's speed table.
 
-    .venv/bin/python bench/bench_all.py [--plates 4] [--repeats 2]    (about 15 minutes on 2 cores)
+    .venv/bin/python bench/bench_all.py [--plates 4] [--repeats 2]    (about 20 minutes on 2 cores)
 
 The real BBBC022 plate (18 sites, 5 channels, 696x520; ``../shared/data/bbbc022`` when present, else
 the 12-site copy in ``tests/data``) is replicated as 1 and as ``--plates`` plates with the example's
 config unchanged (box 128, compression on, EfficientNet-B0 cut at ``block6a_activation``,
 ``profile.batch_size`` 32) and a seeded checkpoint. Each stage runs as the ``dpbeam`` command in its own
-process, with its default options and then with the other local parallelism (prepare and export-sc: 2
-worker processes; profile, whose default is one thread per core: 1 worker). Per stage it prints:
+process, with its default options (one worker thread per core on the DirectRunner), then with one worker
+(``--direct_num_workers 1``) and, for prepare and export-sc, 2 worker processes. Per stage it prints:
 
 - marginal throughput: the extra plates' work divided by the extra wall time (start-up excluded),
   the median over ``--repeats`` interleaved runs (their range beside it: this machine varies by ~20%);
@@ -49,12 +49,12 @@ BATCH = 32
 # Issue #13: DeepProfiler 0.3.1 on the 4-plate replica, this machine kind, marginal rate and 1-plate start-up.
 DEEPPROFILER = {"prepare": (1.3, 6.1), "export-sc": (62.0, 6.3), "profile": (97.0, 15.9)}
 UNITS = {"prepare": "sites/s", "export-sc": "cells/s", "profile": "cells/s"}
+ONE_WORKER = ["--direct_num_workers", "1"]
+TWO_PROCESSES = ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
 VARIANTS = {
-    "prepare": {"default (1 worker)": [], "2 worker processes": ["--direct_num_workers", "2",
-                                                                 "--direct_running_mode", "multi_processing"]},
-    "export-sc": {"default (1 worker)": [], "2 worker processes": ["--direct_num_workers", "2",
-                                                                   "--direct_running_mode", "multi_processing"]},
-    "profile": {"default (1 thread per core)": [], "1 worker": ["--direct_num_workers", "1"]},
+    "prepare": {"default (1 thread per core)": [], "1 worker": ONE_WORKER, "2 worker processes": TWO_PROCESSES},
+    "export-sc": {"default (1 thread per core)": [], "1 worker": ONE_WORKER, "2 worker processes": TWO_PROCESSES},
+    "profile": {"default (1 thread per core)": [], "1 worker": ONE_WORKER},
 }
 
 
