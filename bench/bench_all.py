@@ -1,6 +1,6 @@
 """Every stage the way a user runs it, on a screen of several plates: the README's speed table.
 
-    .venv/bin/python bench/bench_all.py [--plates 4] [--repeats 2]    (about 20 minutes on 2 cores)
+    .venv/bin/python bench/bench_all.py [--plates 4] [--repeats 2]    (about 15 minutes on 2 cores)
 
 The real BBBC022 plate (18 sites, 5 channels, 696x520; ``../shared/data/bbbc022`` when present, else
 the 12-site copy in ``tests/data``) is replicated as 1 and as ``--plates`` plates with the example's
