@@ -175,7 +175,7 @@ class ModelParams:
 
 @dataclass(frozen=True)
 class StepSchedule:
-    """Learning rate ``learning_rates[i]`` from epoch ``epochs[i]`` on."""
+    """Learning rate ``learning_rates[i]`` from 0-based epoch ``epochs[i]`` on (DeepProfiler's, i.e. Keras', numbering)."""
 
     epochs: tuple[int, ...]
     learning_rates: tuple[float, ...]

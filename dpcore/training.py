@@ -49,19 +49,25 @@ def checkpoint_name(epoch: int) -> str:
 
 # ------------------------------------------------------------- learning rate
 def scheduled_learning_rate(epoch: int, base: float, schedule, epochs: int) -> float:
-    """Learning rate for 1-based ``epoch`` (plateau is handled by :class:`PlateauController`)."""
+    """Learning rate for 1-based ``epoch``, as DeepProfiler 0.3.1 sets it (plateau: :class:`PlateauController`).
+
+    DeepProfiler hands its schedule to Keras' ``LearningRateScheduler``, which numbers epochs from 0:
+    a step schedule ``{"epoch": [e1, ...], "lr": [r1, ...]}`` sets rate ri from 0-based epoch ei on
+    (so from the (ei+1)-th epoch), and cosine is ``base / (5 - t)`` for t = 0..4 (1/5, 1/4, 1/3, 1/2,
+    1 of the rate: the reference calls it a linear warm-up, the code does this) and then
+    ``0.5 * (1 + cos(pi * t / epochs)) * base``, t being the 0-based epoch.
+    """
+    index = epoch - 1  # Keras' epoch number, which DeepProfiler's schedules use
     if isinstance(schedule, StepSchedule):
         rate = base
         for start, value in zip(schedule.epochs, schedule.learning_rates):
-            if epoch >= start:
+            if index >= start:
                 rate = value
         return rate
     if schedule == "cosine":
-        index = epoch - 1
         if index < WARMUP_EPOCHS:
-            return base * (index + 1) / WARMUP_EPOCHS
-        span = max(1, epochs - WARMUP_EPOCHS)
-        return 0.5 * base * (1 + math.cos(math.pi * (index - WARMUP_EPOCHS) / span))
+            return base / (WARMUP_EPOCHS - index)
+        return 0.5 * (1 + math.cos(math.pi * index / epochs)) * base
     return base
 
 

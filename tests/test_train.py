@@ -78,17 +78,24 @@ def test_a_small_model_learns_the_synthetic_classes(tmp_path, monkeypatch, capsy
 
 
 def test_step_schedule_sets_the_rate_of_each_epoch(synthetic):
-    data = synthetic_config(epochs=3, lr_schedule={"epoch": [2, 3], "lr": [0.01, 0.001]})
+    # DeepProfiler's epochs are Keras' 0-based ones: issue #15's example, base 0.05 over 4 epochs.
+    data = synthetic_config(epochs=4, lr_schedule={"epoch": [2, 3], "lr": [0.01, 0.001]})
     assert train(synthetic, data)[0] == 0
-    np.testing.assert_allclose(log(synthetic)["learning_rate"], [0.05, 0.01, 0.001])
+    np.testing.assert_allclose(log(synthetic)["learning_rate"], [0.05, 0.05, 0.01, 0.001])
 
 
-def test_cosine_schedule_warms_up_then_decays():
-    rates = [scheduled_learning_rate(e, 0.1, "cosine", 15) for e in range(1, 16)]
-    np.testing.assert_allclose(rates[:5], [0.02, 0.04, 0.06, 0.08, 0.1])
-    assert rates[5] == pytest.approx(0.1) and rates[-1] == pytest.approx(0.05 * (1 + math.cos(math.pi * 9 / 10)))
-    assert all(a >= b for a, b in zip(rates[5:], rates[6:]))
+def test_cosine_schedule_is_deepprofilers():
+    # Figures written out from DeepProfiler 0.3.1's formula (issue #15), not computed by the code under test.
+    three = [scheduled_learning_rate(e, 0.1, "cosine", 3) for e in (1, 2, 3)]
+    np.testing.assert_allclose(three, [0.02, 0.025, 0.1 / 3])
+    ten = [scheduled_learning_rate(e, 0.1, "cosine", 10) for e in range(1, 11)]
+    np.testing.assert_allclose(ten[:5], [0.02, 0.025, 0.1 / 3, 0.05, 0.1])
+    assert ten[5] == pytest.approx(0.05)  # epoch 6 of 10: t = 5, cos(pi / 2) = 0
+    assert ten[9] == pytest.approx(0.05 * (1 + math.cos(math.pi * 0.9)))
+    assert all(a > b for a, b in zip(ten[5:], ten[6:]))
     assert scheduled_learning_rate(7, 0.1, StepSchedule((3, 6), (0.01, 0.001)), 10) == 0.001
+    assert scheduled_learning_rate(6, 0.1, StepSchedule((3, 6), (0.01, 0.001)), 10) == 0.01
+    assert scheduled_learning_rate(3, 0.1, StepSchedule((3, 6), (0.01, 0.001)), 10) == 0.1
     assert scheduled_learning_rate(4, 0.1, None, 10) == 0.1
 
 
