@@ -48,15 +48,20 @@ _GLOBAL_HELP = {
     "--single-cells": "folder name under ROOT/outputs/ for exported single cells (default: single-cells)",
     "--gpu": "GPU device id(s) to use for train/profile, e.g. 0 or 0,1 (sets CUDA_VISIBLE_DEVICES)",
     "--log-level": "logging level: DEBUG, INFO, WARNING, ERROR (default: INFO)",
+    "--cores": "CPU cores to use locally (DeepProfiler's flag; 0 = all): local worker threads of the pipeline "
+               "commands, TensorFlow threads of train (default: 0)",
 }
+_GLOBAL_TYPES = {"--cores": int}
 _GLOBAL_DEFAULTS = {"--root": ".", "--config": None, "--exp": "results", "--metadata": "index.csv",
-                    "--single-cells": "single-cells", "--gpu": None, "--log-level": "INFO"}
+                    "--single-cells": "single-cells", "--gpu": None, "--log-level": "INFO",
+                    "--cores": 0}
 
 
 def _add_global_options(parser: argparse.ArgumentParser, with_defaults: bool) -> None:
     for flag, text in _GLOBAL_HELP.items():
         default = _GLOBAL_DEFAULTS[flag] if with_defaults else argparse.SUPPRESS
-        parser.add_argument(flag, default=default, help=text if with_defaults else argparse.SUPPRESS)
+        parser.add_argument(flag, default=default, type=_GLOBAL_TYPES.get(flag, str),
+                            help=text if with_defaults else argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_global_options(parser, with_defaults=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for spec in commands.COMMANDS:
-        child = sub.add_parser(spec.name, help=spec.help, description=spec.description,
+        child = sub.add_parser(spec.name, help=spec.help, description=spec.description, aliases=spec.aliases,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
         _add_global_options(child, with_defaults=False)
         spec.add_arguments(child)
@@ -146,8 +151,10 @@ def main(argv: Sequence[str] | None = None, *, emit: Callable[[str], None] = _em
         check_reachable(layout.root)  # seconds, not a minute of retries, when a bucket is out of reach
         if args.config and "://" in args.config:
             check_reachable(StoragePath(args.config))
+        if args.cores < 0:
+            raise UsageError(f"--cores must be 0 (all) or a number of cores, got {args.cores}")
         context = CommandContext(layout=layout, config_name=args.config, gpu=args.gpu,
-                                 beam_args=tuple(leftovers))
+                                 beam_args=tuple(leftovers), cores=args.cores)
         return spec.run(context, args, emit)
     except (UsageError, ConfigError, MetadataError, UnsafePathError, ValueError) as error:
         logger.debug("dpbeam %s stopped", spec.name, exc_info=True)  # --log-level DEBUG shows where

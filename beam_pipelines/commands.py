@@ -35,6 +35,7 @@ class CommandSpec:
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[CommandContext, argparse.Namespace, Emit], int]
     uses_beam: bool = False
+    aliases: tuple[str, ...] = ()  # other names DeepProfiler gave the command
 
 
 def _no_arguments(parser: argparse.ArgumentParser) -> None:
@@ -237,7 +238,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
                 "(MultiWorkerMirroredStrategy). Writes checkpoint_{epoch:04d}.hdf5, logs/log.csv, "
                 "TensorBoard summaries and training curves under outputs/<exp>/. A killed run continues "
                 "from its last finished epoch when started again.",
-                _train_arguments, _pipeline("train")),
+                _train_arguments, _pipeline("train"), aliases=("traintf2",)),
     CommandSpec("profile", "extract per-cell features to Parquet (Beam RunInference)",
                 "Cut every cell (as export-sc does), run the configured network over the crops with Beam "
                 "RunInference, batched by profile.batch_size across sites, and write one Parquet file per "
@@ -249,4 +250,4 @@ COMMANDS: tuple[CommandSpec, ...] = (
                 _split_arguments, _run_split),
 )
 
-BY_NAME = {spec.name: spec for spec in COMMANDS}
+BY_NAME = {name: spec for spec in COMMANDS for name in (spec.name, *spec.aliases)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from dpcore.acceleration import Acceleration
 from dpcore.config import Config, ConfigError, load_config
@@ -24,6 +24,7 @@ class CommandContext:
     config_name: str | None = None
     gpu: str | None = None
     beam_args: tuple[str, ...] = field(default_factory=tuple)
+    cores: int = 0  # --cores: local cores to use, 0 = all (DeepProfiler's flag)
 
     def load_config(self, command: str) -> Config:
         """Load ``--config`` and check it has what ``command`` needs (fails fast)."""
@@ -41,7 +42,7 @@ class CommandContext:
         root = config.paths.get("root", self.layout.root)
         layout = ProjectLayout.create(root, self.layout.experiment, self.layout.single_cells,
                                       self.layout.metadata_file, overrides=config.paths)
-        return CommandContext(layout=layout, config_name=self.config_name, gpu=self.gpu, beam_args=self.beam_args)
+        return replace(self, layout=layout)
 
     def select_gpu(self) -> None:
         """Expose only ``--gpu`` devices to TensorFlow, as DeepProfiler did."""

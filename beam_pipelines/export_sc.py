@@ -460,7 +460,7 @@ def build(pipeline: beam.Pipeline, settings: ExportSettings) -> None:
 
 def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     config = context.load_config("export-sc")
-    context = replace(context.with_config_paths(config), beam_args=local_parallelism(context.beam_args))
+    context = replace(context.with_config_paths(config), beam_args=local_parallelism(context.beam_args, context.cores))
     settings = plan(context.layout, config, context.layout.index_file, args.format, "GZIP" if args.gzip else "",
                     args.shard_mb)
     if args.dry_run:

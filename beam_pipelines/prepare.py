@@ -460,7 +460,7 @@ def plan_plates(settings: PrepareSettings, plates: list[str]) -> tuple[list[str]
 
 def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     config = context.load_config("prepare")
-    context = replace(context.with_config_paths(config), beam_args=local_parallelism(context.beam_args))
+    context = replace(context.with_config_paths(config), beam_args=local_parallelism(context.beam_args, context.cores))
     scan = scan_index(context.layout.index_file, config, "prepare",  # fail fast on a bad index
                       count_columns=("Metadata_Plate",))
     plates = sorted(scan.plates)

@@ -408,7 +408,7 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     if args.part >= 0:
         layout = ProjectLayout.create(layout.root, layout.experiment, layout.single_cells,
                                       layout.split_index_file(args.part).url, layout.overrides)
-    beam_args = local_parallelism(context.beam_args)
+    beam_args = local_parallelism(context.beam_args, context.cores)
     # Before TensorFlow starts in this process (the probe below) and in local worker processes.
     with cores_shared(local_model_callers(beam_args)) as per_call:
         if per_call:

@@ -73,6 +73,17 @@ def check_inputs(config: Config, info: ExportInfo) -> None:
         raise TrainingError("checkpoint_policy 'best' needs validation data")
 
 
+def _use_cores(tf, cores: int) -> None:
+    """``--cores N``: TensorFlow's thread pools (ops and tf.data's input pipeline share them) get N threads."""
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(cores)
+        tf.config.threading.set_inter_op_parallelism_threads(cores)
+    except RuntimeError:  # the runtime started already in this process (a notebook, the tests)
+        logger.warning("--cores %d: TensorFlow has already started in this process; its thread counts stay", cores)
+        return
+    logger.info("TensorFlow uses %d thread(s) per pool (--cores)", cores)
+
+
 def _without_op_determinism() -> None:
     """A run without --seed starts as in a fresh process, even after a seeded run in this one (a notebook,
     the tests): determinism is process-wide once on, and XLA refuses some ops under it. TensorFlow has
@@ -104,6 +115,8 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
                          "some gradients (e.g. max pooling's): a repeatable run cannot use --xla; drop one of them")
 
     tf = load_tensorflow()  # TensorFlow loads only when training really starts
+    if context.cores:
+        _use_cores(tf, context.cores)
     import keras  # noqa: PLC0415
 
     from dpcore.trainer import DataSettings, Trainer  # noqa: PLC0415

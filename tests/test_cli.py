@@ -254,3 +254,20 @@ def test_reachability_goes_through_the_proxy_when_one_is_set(monkeypatch):
     assert _endpoint("gs") == ("proxy.internal", 3128, "Cloud Storage through the proxy http://proxy.internal:3128")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:5000")  # a local server is never proxied
     assert _endpoint("s3") == ("127.0.0.1", 5000, "S3")
+
+
+def test_deepprofilers_cores_flag_sets_the_local_worker_threads(project):
+    from beam_pipelines.running import local_parallelism
+
+    assert local_parallelism((), 3)[-2:] == ("--direct_num_workers=3", "--direct_running_mode=multi_threading")
+    assert local_parallelism((), 0)[-2] == f"--direct_num_workers={os.cpu_count() or 1}"  # 0 = all, as DeepProfiler
+    assert local_parallelism(("--direct_num_workers", "2"), 3) == ("--direct_num_workers", "2")  # yours win
+    code, text = run("--root", str(project), "--config", "bbbc022.json", "--cores", "1", "prepare", "--dry_run")
+    assert code == 0, text
+    code, text = run("--root", str(project), "--config", "bbbc022.json", "prepare", "--cores", "-2")
+    assert code == 2 and "--cores must be 0 (all) or a number of cores, got -2" in text, text
+
+
+def test_traintf2_is_deepprofilers_name_for_train(project):
+    code, text = run("--root", str(project), "--config", "bbbc022.json", "traintf2")
+    assert code == 2 and "run 'dpbeam ... export-sc' first" in text  # train's own check, under the old name

@@ -336,3 +336,11 @@ def test_gpu_options_that_cannot_work_are_refused_before_training(synthetic):
     code, text = train(synthetic, synthetic_config(), "--xla")  # train() passes --seed
     assert code == 2 and "a repeatable run cannot use --xla" in text, text
     assert not (synthetic / "outputs/results/checkpoint").exists()
+
+
+def test_traintf2_with_cores_trains(synthetic):
+    # DeepProfiler 0.3.1's command name and its --cores flag (TensorFlow's thread pools here).
+    config = write_config(synthetic, synthetic_config(epochs=1), "train.json")
+    code, text = run_cli("--root", str(synthetic), "--config", config, "--cores", "1", "traintf2", "--seed", "7")
+    assert code == 0 and "train: cnn (conv_blocks 0)" in text, text
+    assert list(log(synthetic)["epoch"]) == [1]
