@@ -33,7 +33,7 @@ from dpcore.reachability import check_reachable
 from dpcore.storage import StoragePath
 
 from beam_pipelines import commands
-from beam_pipelines.context import CommandContext, UsageError
+from beam_pipelines.context import CommandContext, UsageError, local_parallelism
 
 logger = logging.getLogger(__name__)
 
@@ -153,8 +153,9 @@ def main(argv: Sequence[str] | None = None, *, emit: Callable[[str], None] = _em
             check_reachable(StoragePath(args.config))
         if args.cores < 0:
             raise UsageError(f"--cores must be 0 (all) or a number of cores, got {args.cores}")
+        beam_args = local_parallelism(leftovers, args.cores) if spec.uses_beam else tuple(leftovers)
         context = CommandContext(layout=layout, config_name=args.config, gpu=args.gpu,
-                                 beam_args=tuple(leftovers), cores=args.cores)
+                                 beam_args=beam_args, cores=args.cores)
         return spec.run(context, args, emit)
     except (UsageError, ConfigError, MetadataError, UnsafePathError, ValueError) as error:
         logger.debug("dpbeam %s stopped", spec.name, exc_info=True)  # --log-level DEBUG shows where

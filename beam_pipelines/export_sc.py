@@ -29,7 +29,7 @@ import json
 import logging
 import math
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Iterator
 
 import apache_beam as beam
@@ -53,7 +53,7 @@ from beam_pipelines.context import CommandContext
 from beam_pipelines.dead_letter import WriteDeadLetters, failure, read_failures, report_failures
 from beam_pipelines.index import ReadSites
 from beam_pipelines.progress import OutputProgress, inc_counter
-from beam_pipelines.running import PipelineRun, describe_graph, local_parallelism, run_pipeline
+from beam_pipelines.running import PipelineRun, describe_graph, run_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -460,7 +460,7 @@ def build(pipeline: beam.Pipeline, settings: ExportSettings) -> None:
 
 def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     config = context.load_config("export-sc")
-    context = replace(context.with_config_paths(config), beam_args=local_parallelism(context.beam_args, context.cores))
+    context = context.with_config_paths(config)
     settings = plan(context.layout, config, context.layout.index_file, args.format, "GZIP" if args.gzip else "",
                     args.shard_mb)
     if args.dry_run:

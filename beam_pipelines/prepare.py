@@ -50,7 +50,7 @@ from beam_pipelines.context import CommandContext
 from beam_pipelines.dead_letter import WriteDeadLetters, failure, read_failures, report_failures
 from beam_pipelines.index import ReadSites
 from beam_pipelines.progress import OutputProgress, inc_counter
-from beam_pipelines.running import describe_graph, local_parallelism, run_pipeline
+from beam_pipelines.running import describe_graph, run_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -460,7 +460,7 @@ def plan_plates(settings: PrepareSettings, plates: list[str]) -> tuple[list[str]
 
 def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     config = context.load_config("prepare")
-    context = replace(context.with_config_paths(config), beam_args=local_parallelism(context.beam_args, context.cores))
+    context = context.with_config_paths(config)
     scan = scan_index(context.layout.index_file, config, "prepare",  # fail fast on a bad index
                       count_columns=("Metadata_Plate",))
     plates = sorted(scan.plates)

@@ -54,7 +54,7 @@ from beam_pipelines.context import CommandContext, UsageError, acceleration_opti
 from beam_pipelines.dead_letter import WriteDeadLetters, failure, read_failures, report_failures
 from beam_pipelines.index import ReadSites
 from beam_pipelines.progress import OutputProgress, inc_counter
-from beam_pipelines.running import describe_graph, local_parallelism, run_pipeline
+from beam_pipelines.running import describe_graph, run_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -408,7 +408,7 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     if args.part >= 0:
         layout = ProjectLayout.create(layout.root, layout.experiment, layout.single_cells,
                                       layout.split_index_file(args.part).url, layout.overrides)
-    beam_args = local_parallelism(context.beam_args, context.cores)
+    beam_args = context.beam_args  # with the local default parallelism (beam_pipelines.context.local_parallelism)
     # Before TensorFlow starts in this process (the probe below) and in local worker processes.
     with cores_shared(local_model_callers(beam_args)) as per_call:
         if per_call:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import urllib.error
 import urllib.request
@@ -41,26 +40,6 @@ class PipelineRun:
     detached: bool = False
     detached_message: str = ""
     result: Any = None
-
-
-def local_parallelism(beam_args: Sequence[str], cores: int = 0) -> tuple[str, ...]:
-    """On the local DirectRunner, default to one worker thread per core (every pipeline command).
-
-    Much of each stage's work runs outside the GIL (numpy's array loops, ISA-L's deflate in prepare,
-    TensorFlow in profile), so threads of one process overlap: on 2 cores prepare went from ~3.1 to
-    ~5 sites/s, export-sc from ~235 to ~337 cells/s and profile from ~120 to ~170 cells/s, for ~0.2 s
-    more runner start-up than the single in-process worker (threads, unlike worker processes, import
-    nothing again). ``cores`` (``--cores``, 0 = all) sets the number of threads. Users' own
-    --runner/--direct_* choices always win.
-    """
-    beam_args = tuple(beam_args)
-    chosen = " ".join(beam_args)
-    if "--runner" in chosen and "DirectRunner" not in chosen:
-        return beam_args
-    if "--direct_num_workers" in chosen or "--direct_running_mode" in chosen:
-        return beam_args
-    threads = cores or os.cpu_count() or 1
-    return beam_args + (f"--direct_num_workers={threads}", "--direct_running_mode=multi_threading")
 
 
 def run_pipeline(build: Callable[[beam.Pipeline], None], beam_args: Sequence[str], namespace: str, *,

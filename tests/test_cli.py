@@ -257,7 +257,7 @@ def test_reachability_goes_through_the_proxy_when_one_is_set(monkeypatch):
 
 
 def test_deepprofilers_cores_flag_sets_the_local_worker_threads(project):
-    from beam_pipelines.running import local_parallelism
+    from beam_pipelines.context import local_parallelism
 
     assert local_parallelism((), 3)[-2:] == ("--direct_num_workers=3", "--direct_running_mode=multi_threading")
     assert local_parallelism((), 0)[-2] == f"--direct_num_workers={os.cpu_count() or 1}"  # 0 = all, as DeepProfiler

@@ -52,7 +52,7 @@ def test_local_threads_share_the_cores_and_the_setting_does_not_leak(monkeypatch
 
 def test_only_local_workers_count_as_concurrent_model_callers():
     from beam_pipelines.profile import local_model_callers
-    from beam_pipelines.running import local_parallelism
+    from beam_pipelines.context import local_parallelism
 
     assert local_model_callers(local_parallelism(())) == (os.cpu_count() or 1)
     assert local_model_callers(("--direct_num_workers", "3", "--direct_running_mode", "multi_processing")) == 3
