@@ -357,7 +357,8 @@ def build_spec(layout: ProjectLayout, config: Config, pretrained: str | None,
         else:
             classes = classes_in_checkpoint(checkpoint) or classes
     return FeatureModelSpec(model.name, model.params.conv_blocks, config.profile.feature_layer, crop_shape,
-                            num_classes=classes, checkpoint=str(checkpoint) if checkpoint else None)
+                            num_classes=classes, checkpoint=str(checkpoint) if checkpoint else None,
+                            feature_dim=model.params.feature_dim)
 
 
 def build(pipeline: beam.Pipeline, source: CellSource, spec: FeatureModelSpec, batch_size: int,

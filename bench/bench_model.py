@@ -9,6 +9,7 @@ random weights, crops already in memory. Reports cells/s for:
 - ``tf.function`` (fixed batch), and the same graph frozen (weights as constants), what profile runs
   (``dpcore.models.predict_function``);
 - ``tf.function`` + XLA (``jit_compile=True``);
+- the frozen graph called from two threads at once (what profile's two default workers do);
 - the same graph with other batch sizes;
 - ``tf_keras`` (Keras 2, DeepProfiler's API) building the same backbone, when installed (``--tf-keras``);
 - with oneDNN off (``TF_ENABLE_ONEDNN_OPTS=0``, a child process: it must be set before TensorFlow loads).
@@ -49,6 +50,26 @@ def rate(call, crops: np.ndarray, batch: int, repeats: int = 2) -> float:
     return best
 
 
+def concurrent_rate(call, crops: np.ndarray, batch: int, threads: int, repeats: int = 2) -> float:
+    """Best of ``repeats``: ``threads`` Python threads each pass over ``crops`` at once (TF releases the GIL)."""
+    import threading
+
+    def work():
+        for first in range(0, len(crops) - batch + 1, batch):
+            call(crops[first:first + batch])
+
+    best = 0.0
+    for _ in range(repeats):
+        workers = [threading.Thread(target=work) for _ in range(threads)]
+        start = time.perf_counter()
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        best = max(best, threads * (len(crops) // batch * batch) / (time.perf_counter() - start))
+    return best
+
+
 def keras3_variants(crops: np.ndarray, batch: int) -> dict[str, float]:
     import tensorflow as tf
 
@@ -63,6 +84,8 @@ def keras3_variants(crops: np.ndarray, batch: int) -> dict[str, float]:
     results["keras3 frozen graph, fixed batch (profile today)"] = rate(frozen, crops, batch)
     xla = tf.function(lambda b: model(b, training=False), input_signature=signature, jit_compile=True)
     results["keras3 tf.function + XLA"] = rate(lambda b: xla(b).numpy(), crops, batch)
+    results["keras3 frozen graph, fixed batch, 2 threads calling at once (profile's 2 workers)"] = \
+        concurrent_rate(frozen, crops, batch, threads=2)
     for other in (16, 64, 128):
         call = models.predict_function(model, other)
         results[f"keras3 frozen graph, batch {other}"] = rate(call, crops, other)

@@ -69,7 +69,7 @@ def replicate(target: Path, copies: int) -> tuple[int, int]:
     config = json.loads((inputs / "config/bbbc022.json").read_text())
     config["train"]["model"].update({"name": "cnn"})
     config["train"]["model"]["params"]["conv_blocks"] = 3
-    config["profile"].update({"feature_layer": "pool5", "checkpoint": "cnn.hdf5", "batch_size": 64})
+    config["profile"].update({"feature_layer": "features", "checkpoint": "cnn.hdf5", "batch_size": 64})
     (inputs / "config/scale.json").write_text(json.dumps(config, indent=2))
     _write_checkpoint(target / "outputs/results/checkpoint/cnn.hdf5")
     return len(index) * copies, cells

@@ -33,7 +33,11 @@ FILE_FORMATS = ("tif", "tiff", "png")
 BITS = (8, 16)
 VALIDATION_FRAMES = ("all", "train", "val")
 INITIALIZATIONS = ("random", "imagenet")
-METRICS = ("accuracy", "top_k", "average_class_precision")
+# DeepProfiler's two metric plugins and the Keras metric names it passes to ``model.compile`` as they are.
+PLUGIN_METRICS = ("top_k", "average_class_precision")
+KERAS_METRICS = ("accuracy", "binary_accuracy", "categorical_accuracy", "sparse_categorical_accuracy",
+                 "top_k_categorical_accuracy", "sparse_top_k_categorical_accuracy")
+METRICS = KERAS_METRICS[:1] + PLUGIN_METRICS + KERAS_METRICS[1:]
 NAMED_LR_SCHEDULES = ("cosine", "plateau")
 CROP_GENERATORS = (
     "sampled_crop_generator",
@@ -46,8 +50,12 @@ MODEL_CONV_BLOCKS: Mapping[str, tuple[int, ...] | None] = {
     "efficientnet": tuple(range(8)),
     "resnet": (50, 101, 152),
     "inception_resnet_v2": None,
-    "cnn": None,
+    "cnn": tuple(range(1, 11)),  # DeepProfiler's cnn: that many conv blocks (at least 1)
 }
+# DeepProfiler trains its cnn plugin with Adam and no weight decay, the ImageNet architectures with SGD
+# (Nesterov momentum 0.9) and L2 on the kernels.
+ADAM_MODELS = ("cnn",)
+DEFAULT_FEATURE_DIM = 256  # train.model.params.feature_dim, the cnn's feature layer (DeepProfiler has no default)
 # Folder keys of DeepProfiler's ``paths`` section that we honour.
 PATH_KEYS = (
     "root", "config", "images", "metadata", "locations", "outlines", "pretrained",
@@ -171,6 +179,7 @@ class ModelParams:
     label_smoothing: float = 0.0
     online_label_smoothing: float = 0.0
     online_lambda: float = 0.0
+    feature_dim: int = 256  # DEFAULT_FEATURE_DIM
 
 
 @dataclass(frozen=True)
@@ -519,6 +528,7 @@ def _read_train(r: _Reader) -> TrainConfig:
         label_smoothing=pr.value("label_smoothing", _number(0.0, 1.0), "a number in [0, 1]", 0.0),
         online_label_smoothing=pr.value("online_label_smoothing", _number(0.0, 1.0), "a number in [0, 1]", 0.0),
         online_lambda=pr.value("online_lambda", _number(0.0, 1.0), "a number in [0, 1]", 0.0),
+        feature_dim=pr.value("feature_dim", _integer(minimum=1), "a positive integer", DEFAULT_FEATURE_DIM),
     )
     pr.finish()
     model = ModelConfig(
@@ -537,7 +547,9 @@ def _read_train(r: _Reader) -> TrainConfig:
         lr_schedule=_lr_schedule(m),
     )
     allowed_blocks = MODEL_CONV_BLOCKS.get(model.name or "")
-    if allowed_blocks is not None and "conv_blocks" in pr.data and params.conv_blocks not in allowed_blocks:
+    # cnn has no usable default (DeepProfiler's needs at least one block): the key is checked when absent too.
+    checked = "conv_blocks" in pr.data or model.name == "cnn"
+    if allowed_blocks is not None and checked and params.conv_blocks not in allowed_blocks:
         r.problems.append(
             f"{pr.key('conv_blocks')} must be one of {list(allowed_blocks)} for model {model.name!r}, "
             f"got {params.conv_blocks}")

@@ -25,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from dpcore.config import MODEL_CONV_BLOCKS
+from dpcore.config import DEFAULT_FEATURE_DIM, MODEL_CONV_BLOCKS
 from dpcore.tensorflow_runtime import load_tensorflow
 
 tf = load_tensorflow()  # before Keras, which would load TensorFlow loudly
@@ -61,40 +61,45 @@ def _without_preprocessing(model: keras.Model) -> keras.Model:
     return keras.models.clone_model(model, clone_function=clone)
 
 
-def efficientnet_backbone(input_shape: tuple[int, int, int], conv_blocks: int) -> keras.Model:
+def efficientnet_backbone(input_shape: tuple[int, int, int], conv_blocks: int, feature_dim: int) -> keras.Model:
     if conv_blocks not in _EFFICIENTNETS:
         raise ModelError(f"efficientnet conv_blocks must be 0-7 (B0-B7), got {conv_blocks}")
     base = _EFFICIENTNETS[conv_blocks](include_top=False, weights=None, input_shape=input_shape)
     return _without_preprocessing(base)
 
 
-def resnet_backbone(input_shape: tuple[int, int, int], conv_blocks: int) -> keras.Model:
+def resnet_backbone(input_shape: tuple[int, int, int], conv_blocks: int, feature_dim: int) -> keras.Model:
     if conv_blocks not in _RESNETS:
         raise ModelError(f"resnet conv_blocks must be 50, 101 or 152, got {conv_blocks}")
     return _RESNETS[conv_blocks](include_top=False, weights=None, input_shape=input_shape)
 
 
-def inception_resnet_v2_backbone(input_shape: tuple[int, int, int], conv_blocks: int) -> keras.Model:
-    del conv_blocks
+def inception_resnet_v2_backbone(input_shape: tuple[int, int, int], conv_blocks: int,
+                                 feature_dim: int) -> keras.Model:
     if min(input_shape[:2]) < 75:
         raise ModelError(f"inception_resnet_v2 needs inputs of at least 75x75, got {input_shape[:2]}")
     return keras.applications.InceptionResNetV2(include_top=False, weights=None, input_shape=input_shape)
 
 
-def cnn_backbone(input_shape: tuple[int, int, int], conv_blocks: int) -> keras.Model:
-    """DeepProfiler's small CNN: conv-BN-ReLU-maxpool blocks doubling the filters (32, 64, 128, 256)."""
-    del conv_blocks
+def cnn_backbone(input_shape: tuple[int, int, int], conv_blocks: int, feature_dim: int) -> keras.Model:
+    """DeepProfiler's ``cnn`` plugin: ``conv_blocks`` blocks of 3x3 convolution (8 * 2**i filters), batch
+    normalisation, ReLU and 2x2 max-pooling, then flattened into a ReLU layer of ``feature_dim`` units
+    named ``features`` (its feature layer; there is no ``pool5``)."""
+    if conv_blocks < 1:
+        raise ModelError(f"cnn needs train.model.params.conv_blocks of at least 1, got {conv_blocks}")
     inputs = keras.Input(input_shape, name="input")
     x = inputs
-    for block, filters in enumerate((32, 64, 128, 256), start=1):
-        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{block}")(x)
-        x = keras.layers.BatchNormalization(name=f"conv{block}_bn")(x)
-        x = keras.layers.Activation("relu", name=f"conv{block}_activation")(x)
-        x = keras.layers.MaxPooling2D(2, name=f"conv{block}_pool")(x)
-    return keras.Model(inputs, x, name="cnn")
+    for block in range(conv_blocks):
+        x = keras.layers.Conv2D(8 * 2 ** block, 3, padding="same", name=f"conv{block + 1}")(x)
+        x = keras.layers.BatchNormalization(name=f"conv{block + 1}_bn")(x)
+        x = keras.layers.Activation("relu", name=f"conv{block + 1}_activation")(x)
+        x = keras.layers.MaxPooling2D(2, padding="same", name=f"conv{block + 1}_pool")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    features = keras.layers.Dense(feature_dim, activation="relu", name="features")(x)
+    return keras.Model(inputs, features, name="cnn")
 
 
-MODEL_REGISTRY: dict[str, Callable[[tuple[int, int, int], int], keras.Model]] = {
+MODEL_REGISTRY: dict[str, Callable[[tuple[int, int, int], int, int], keras.Model]] = {
     "efficientnet": efficientnet_backbone,
     "resnet": resnet_backbone,
     "inception_resnet_v2": inception_resnet_v2_backbone,
@@ -107,24 +112,28 @@ def available_models() -> list[str]:
     return sorted(MODEL_REGISTRY)
 
 
-def backbone(name: str, input_shape: tuple[int, int, int], conv_blocks: int = 0) -> keras.Model:
+def backbone(name: str, input_shape: tuple[int, int, int], conv_blocks: int = 0,
+             feature_dim: int = DEFAULT_FEATURE_DIM) -> keras.Model:
     if name not in MODEL_REGISTRY:
         raise ModelError(f"unknown model {name!r}; available: {', '.join(available_models())}")
     with warnings.catch_warnings():
         # Keras warns that ImageNet models "usually expect 1 or 3 input channels"; Cell Painting has 5.
         warnings.filterwarnings("ignore", message="This model usually expects")
-        return MODEL_REGISTRY[name](tuple(input_shape), conv_blocks)
+        return MODEL_REGISTRY[name](tuple(input_shape), conv_blocks, feature_dim)
 
 
 def classifier(name: str, input_shape: tuple[int, int, int], num_classes: int, conv_blocks: int = 0,
-               regularize: bool = False) -> keras.Model:
-    """Backbone + DeepProfiler's head (``pool5``, ``ClassProb``)."""
-    base = backbone(name, input_shape, conv_blocks)
+               regularize: bool = False, feature_dim: int = DEFAULT_FEATURE_DIM) -> keras.Model:
+    """Backbone + DeepProfiler's head: ``pool5`` (global average pooling; not after a backbone that ends in
+    a vector, as the cnn's ``features``) and the softmax ``ClassProb``."""
+    base = backbone(name, input_shape, conv_blocks, feature_dim)
     if regularize:
         for layer in base.layers:
             if hasattr(layer, "kernel_regularizer"):
                 layer.kernel_regularizer = keras.regularizers.L2(L2_KERNEL_REGULARIZATION)
-    features = keras.layers.GlobalAveragePooling2D(name=FEATURE_POOL)(base.output)
+    features = base.output
+    if len(features.shape) == 4:
+        features = keras.layers.GlobalAveragePooling2D(name=FEATURE_POOL)(features)
     regularizer = keras.regularizers.L2(L2_KERNEL_REGULARIZATION) if regularize else None
     # float32 even under a mixed-precision policy: a softmax in float16 saturates (Keras' own advice).
     probabilities = keras.layers.Dense(num_classes, activation="softmax", name=CLASSIFIER,

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from dpcore.acceleration import Acceleration
 from dpcore.checkpoints import CheckpointError, load_weights_by_name, read_layer_weights
+from dpcore.config import DEFAULT_FEATURE_DIM
 from dpcore.storage import StoragePath
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class FeatureModelSpec:
     repeat_channel_size: int | None = None    # ImageNet baseline input size (224, 299)
     pretrained_weights: str | None = None     # URL of the ImageNet weights file
     acceleration: Acceleration = Acceleration()  # precision and XLA (--precision, --xla)
+    feature_dim: int = DEFAULT_FEATURE_DIM    # the cnn's feature layer width (train.model.params.feature_dim)
 
     def build(self):
         """The Keras feature model (crops in [0, 1] -> vectors), at the spec's precision. Imports TensorFlow."""
@@ -75,7 +77,8 @@ class FeatureModelSpec:
             per_image = models.feature_extractor(network, self.feature_layer)
             spec = models.RepeatChannelSpec(channels=self.crop_shape[2], input_size=size)
             return models.repeat_channel_extractor(per_image, spec, self.crop_shape[:2])
-        network = models.classifier(self.model_name, self.crop_shape, self.num_classes, self.conv_blocks)
+        network = models.classifier(self.model_name, self.crop_shape, self.num_classes, self.conv_blocks,
+                                    feature_dim=self.feature_dim)
         if self.checkpoint:
             load_weights_by_name(network, StoragePath(self.checkpoint))
         else:

@@ -2,7 +2,8 @@
 
 Outputs (chief worker only) in ``outputs/<exp>/``: ``checkpoint/checkpoint_{epoch:04d}.hdf5``,
 ``checkpoint/classes.json`` and ``classes.json``, ``logs/log.csv``, ``logs/training_curves.png``,
-``logs/soft_labels.json`` (online labels), TensorBoard scalars in ``summaries/``, and
+``logs/soft_labels/NNNN.parquet`` (online labels: each training cell's soft label after epoch NNNN),
+TensorBoard scalars in ``summaries/``, and
 ``checkpoint/backup/`` -- the state after the last finished epoch (weights, optimizer, schedule),
 from which a killed or pre-empted run continues when started again.
 """
@@ -24,10 +25,11 @@ from dpcore.layout import ProjectLayout
 from dpcore.progress import Progress, progress_seconds
 from dpcore.storage import StoragePath
 from dpcore.tensorflow_runtime import load_tensorflow
-from dpcore.training import (EpochSums, PlateauController, TrainingError, TrainingPlan, checkpoint_name,
-                             initial_soft_labels, is_chief, read_log, update_soft_labels,
+from dpcore.training import (KERAS_TOP_K, EpochSums, PlateauController, TrainingError, TrainingPlan,
+                             checkpoint_name, initial_soft_labels, is_chief, read_log, update_soft_labels,
                              write_log)
-from dpcore.training_data import ExportInfo, cells_per_epoch, steps_for, training_dataset, validation_dataset
+from dpcore.training_data import (ExportInfo, cells_per_epoch, numbered_records, parsed_records, steps_for,
+                                  training_dataset, validation_dataset)
 
 logger = logging.getLogger(__name__)
 
@@ -95,18 +97,26 @@ class Trainer:
         with self.strategy.scope():
             with acceleration.building():
                 self.model = models.classifier(plan.model_name, plan.input_shape, plan.num_classes,
-                                               plan.conv_blocks, regularize=True)
+                                               plan.conv_blocks, regularize=plan.optimizer == "sgd",
+                                               feature_dim=plan.feature_dim)
             if plan.initialization == "imagenet":
                 imagenet_initialise(self.model, plan)
             import keras  # noqa: PLC0415
-            self.optimizer = keras.optimizers.SGD(learning_rate=plan.learning_rate, momentum=0.9, nesterov=True)
+            if plan.optimizer == "adam":  # DeepProfiler's cnn, Keras' defaults otherwise
+                self.optimizer = keras.optimizers.Adam(learning_rate=plan.learning_rate)
+            else:
+                self.optimizer = keras.optimizers.SGD(learning_rate=plan.learning_rate, momentum=0.9,
+                                                      nesterov=True)
             if acceleration.loss_scaling:  # float16 gradients underflow unless the loss is scaled up first
                 self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
             self.optimizer.build(self.model.trainable_variables)
             self.loss = keras.losses.CategoricalCrossentropy(label_smoothing=plan.label_smoothing,
                                                              reduction="none")
-            self.soft_labels = tf.Variable(initial_soft_labels(plan.num_classes), dtype=tf.float32,
-                                           trainable=False, name="soft_labels")
+            # Online labels: one soft label per training cell (DeepProfiler's), row = the cell's number in
+            # manifest order; N x K float32 in memory, as in DeepProfiler.
+            self.first_rows = info.first_rows("training") if plan.online_labels else None
+            cells = info.cells(("training",)) if plan.online_labels else 1
+            self.soft_labels = tf.Variable(tf.zeros((cells, plan.num_classes)), trainable=False, name="soft_labels")
         self.rows = []
         self.plateau = PlateauController(plan.learning_rate)
         self.best_validation = float("inf")
@@ -117,20 +127,21 @@ class Trainer:
     # ------------------------------------------------------------- steps
     def _sums(self, probabilities, onehot, labels):
         tf = self.tf
+        probabilities = tf.cast(probabilities, tf.float32)
         k = self.plan.num_classes
         predicted = tf.argmax(probabilities, axis=1, output_type=tf.int64)
         correct = tf.cast(tf.equal(predicted, labels), tf.float32)
         top_k = tf.cast(tf.math.in_top_k(labels, probabilities, self.plan.top_k), tf.float32)
-        predicted_onehot = tf.one_hot(predicted, k)
-        correct_rows = probabilities * correct[:, None]
+        top_5 = tf.cast(tf.math.in_top_k(labels, probabilities, min(KERAS_TOP_K, k)), tf.float32)
+        above = tf.cast(probabilities > 0.5, tf.float32)  # Keras' threshold for Precision and binary_accuracy
         return {
             "examples": tf.cast(tf.shape(labels)[0], tf.float32),
             "correct": tf.reduce_sum(correct),
             "top_k": tf.reduce_sum(top_k),
-            "true_positives": tf.reduce_sum(predicted_onehot * onehot, axis=0),
-            "predicted": tf.reduce_sum(predicted_onehot, axis=0),
-            "soft_sums": tf.matmul(tf.transpose(onehot), correct_rows),
-            "soft_counts": tf.reduce_sum(onehot * correct[:, None], axis=0),
+            "top_5": tf.reduce_sum(top_5),
+            "binary_correct": tf.reduce_sum(tf.reduce_mean(tf.cast(tf.equal(above, onehot), tf.float32), axis=1)),
+            "true_positives": tf.reduce_sum(above * onehot, axis=0),
+            "predicted": tf.reduce_sum(above, axis=0),
         }
 
     def _build_train_step(self):
@@ -152,11 +163,9 @@ class Trainer:
         if self.acceleration.xla:
             forward_backward = tf.function(forward_backward, jit_compile=True)
 
-        def step(images, onehot, labels):
-            targets = onehot
-            if plan.online_labels:
-                soft = tf.gather(self.soft_labels, labels)
-                targets = (1.0 - plan.online_smoothing) * onehot + plan.online_smoothing * soft
+        def step(images, onehot, labels, rows):
+            # DeepProfiler's online generator trains on each cell's soft label (label_smoothing is 0 then).
+            targets = tf.gather(self.soft_labels, rows) if plan.online_labels else onehot
             gradients, probabilities, per_example = forward_backward(images, targets)
             self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
             sums = self._sums(probabilities, onehot, labels)
@@ -175,7 +184,8 @@ class Trainer:
         """One distributed iterator for the whole run (see training_dataset)."""
         tf = self.tf
         dataset = training_dataset(self.info, self.plan.batch_size, self.data.cache_size, self.data.workers,
-                                   self.data.factor, self.data.augmentations, self.data.seed, first_epoch)
+                                   self.data.factor, self.data.augmentations, self.data.seed, first_epoch,
+                                   first_rows=self.first_rows)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         return iter(self.strategy.experimental_distribute_dataset(dataset.with_options(options)))
@@ -196,7 +206,8 @@ class Trainer:
 
     def validate(self) -> EpochSums | None:
         dataset = validation_dataset(self.info, self.data.validation_frame, self.data.validation_batch_size,
-                                     self.data.sample_first_crops, self.data.workers)
+                                     self.data.sample_first_crops, self.data.workers, balanced=self.plan.balanced,
+                                     seed=self.data.seed)
         if dataset is None:
             return None
         sums = EpochSums(self.plan.num_classes)
@@ -207,10 +218,49 @@ class Trainer:
             sums.add(reduced)
         return sums
 
+    # ------------------------------------------------------ online labels
+    def _training_cells(self):
+        """Every training cell once, in row order (manifest order of shards, records in file order)."""
+        files = self.info.files(("training",))
+        records = numbered_records(files, self.first_rows, self.info.compression, self.data.workers)
+        return parsed_records(records, self.info, self.data.workers)
+
+    def training_labels(self) -> np.ndarray:
+        labels = self._training_cells().map(lambda record: record["label"]).batch(4096)
+        return np.concatenate([batch.numpy() for batch in labels]).astype(np.int64)
+
+    def predict_training_cells(self) -> np.ndarray:
+        """The model's probabilities for every training cell in row order (DeepProfiler's ``update_online_labels``)."""
+        images = self._training_cells().map(lambda record: self.tf.cast(record["image"], self.tf.float32) / 255.0,
+                                            num_parallel_calls=max(1, self.data.workers))
+        batches = images.batch(self.data.validation_batch_size).prefetch(self.tf.data.AUTOTUNE)
+        return np.concatenate([np.asarray(self._eval_step(batch), dtype=np.float32) for batch in batches])
+
+    def _write_soft_labels(self, epoch: int) -> None:
+        """``logs/soft_labels/NNNN.parquet`` (DeepProfiler's ``soft_labels/NNNN.csv``): per training cell its
+        ``Shard`` and ``Record`` (as in the export's index) and one column per class."""
+        import pandas as pd  # noqa: PLC0415
+
+        soft = self.soft_labels.numpy()
+        rows = np.arange(len(soft))
+        shard = np.searchsorted(np.asarray(self.first_rows), rows, side="right") - 1
+        names = [StoragePath(f).name for f in self.info.files(("training",))]
+        table = pd.DataFrame({"Shard": pd.Categorical.from_codes(shard, names),
+                              "Record": rows - np.asarray(self.first_rows)[shard]})
+        table = pd.concat([table, pd.DataFrame(soft, columns=list(self.labels))], axis=1)
+        buffer = io.BytesIO()
+        table.to_parquet(buffer, index=False)
+        (self.layout.logs_dir / "soft_labels" / f"{epoch:04d}.parquet").write_bytes(buffer.getvalue())
+
     def run(self, first_epoch: int) -> list[dict]:
         tf, plan = self.tf, self.plan
         writer = tf.summary.create_file_writer(self.layout.summaries_dir.url) if self.chief else None
         batches = self._batches(first_epoch)
+        if plan.online_labels and first_epoch == 1:
+            self.soft_labels.assign(initial_soft_labels(self.training_labels(), plan.num_classes,
+                                                        plan.online_smoothing))
+            if self.chief:
+                self._write_soft_labels(0)
         for epoch in range(first_epoch, plan.epochs + 1):
             rate = self.plateau.rate if plan.schedule == "plateau" else plan.learning_rate_for(epoch)
             self.optimizer.learning_rate.assign(rate)
@@ -226,9 +276,8 @@ class Trainer:
                     if plan.schedule == "plateau":
                         self.plateau.update(row["val_loss"])
             if plan.online_labels:
-                self.soft_labels.assign(update_soft_labels(self.soft_labels.numpy().astype(np.float64),
-                                                           sums.soft_sums, sums.soft_counts,
-                                                           plan.online_lambda).astype(np.float32))
+                self.soft_labels.assign(update_soft_labels(self.soft_labels.numpy(), self.predict_training_cells(),
+                                                           plan.online_lambda))
             self.rows = [r for r in self.rows if r["epoch"] < epoch] + [row]
             logger.info("epoch %d/%d: %s", epoch, plan.epochs,
                         ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
@@ -245,10 +294,7 @@ class Trainer:
         (layout.logs_dir / "training_curves.png").write_bytes(
             training_curves(self.rows, f"{self.plan.model_name}: {len(self.labels)} classes"))
         if self.plan.online_labels:
-            soft = {label: [round(float(v), 6) for v in self.soft_labels.numpy()[i]]
-                    for i, label in enumerate(self.labels)}
-            (layout.logs_dir / "soft_labels.json").write_text(json.dumps({"epoch": epoch, "soft_labels": soft},
-                                                                         indent=1))
+            self._write_soft_labels(epoch)
         with writer.as_default():
             for key, value in row.items():
                 if key != "epoch":
@@ -262,9 +308,12 @@ class Trainer:
         buffer = io.BytesIO()
         np.savez(buffer, *[np.asarray(v) for v in self.optimizer.variables])
         (backup / "optimizer.npz").write_bytes(buffer.getvalue())
+        if self.plan.online_labels:
+            buffer = io.BytesIO()
+            np.save(buffer, self.soft_labels.numpy(), allow_pickle=False)
+            (backup / "soft_labels.npy").write_bytes(buffer.getvalue())
         state = {"epoch": epoch, "best_validation": self.best_validation, "plateau_rate": self.plateau.rate,
-                 "plateau_best": self.plateau.best, "plateau_waited": self.plateau.waited,
-                 "soft_labels": self.soft_labels.numpy().tolist(), "rows": self.rows}
+                 "plateau_best": self.plateau.best, "plateau_waited": self.plateau.waited, "rows": self.rows}
         (backup / "state.json").write_text(json.dumps(state))  # written last: the backup is complete
 
     def restore_backup(self) -> int | None:
@@ -280,7 +329,12 @@ class Trainer:
             raise CheckpointError(f"{backup}: optimizer state does not fit this model; remove the backup folder")
         for variable, value in zip(self.optimizer.variables, values):
             variable.assign(value)
-        self.soft_labels.assign(np.asarray(state["soft_labels"], dtype=np.float32))
+        if self.plan.online_labels:
+            soft = np.load(io.BytesIO((backup / "soft_labels.npy").read_bytes()), allow_pickle=False)
+            if soft.shape != tuple(self.soft_labels.shape):
+                raise CheckpointError(f"{backup}/soft_labels.npy holds {soft.shape} soft labels, the export "
+                                      f"{tuple(self.soft_labels.shape)}: remove the backup folder")
+            self.soft_labels.assign(soft)
         self.best_validation = state["best_validation"]
         self.plateau = PlateauController(state["plateau_rate"], best=state["plateau_best"],
                                          waited=state["plateau_waited"])

@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dpcore.config import Config, StepSchedule
+from dpcore.config import ADAM_MODELS, Config, StepSchedule
 from dpcore.storage import StoragePath
+from dpcore.training_data import BALANCED_GENERATORS
 from dpcore.tensorflow_runtime import load_tensorflow
 
 logger = logging.getLogger(__name__)
@@ -91,6 +92,9 @@ class PlateauController:
 
 
 # ------------------------------------------------------------------ metrics
+KERAS_TOP_K = 5  # Keras' top_k_categorical_accuracy default k, which DeepProfiler's config cannot change
+
+
 @dataclass
 class EpochSums:
     """Replica-reduced sums from which an epoch's metrics follow exactly."""
@@ -99,61 +103,66 @@ class EpochSums:
     examples: float = 0.0
     loss: float = 0.0
     correct: float = 0.0
-    top_k: float = 0.0
-    true_positives: np.ndarray = None
-    predicted: np.ndarray = None
-    soft_sums: np.ndarray = None     # (K, K): predicted distributions of correct samples, by true class
-    soft_counts: np.ndarray = None   # (K,)
+    top_k: float = 0.0               # validation.top_k
+    top_5: float = 0.0               # Keras' top_k_categorical_accuracy
+    binary_correct: float = 0.0      # per sample: the fraction of the K outputs on the right side of 0.5
+    true_positives: np.ndarray = None   # (K,): probability > 0.5 for the true class
+    predicted: np.ndarray = None        # (K,): probability > 0.5
 
     def __post_init__(self):
         k = self.num_classes
         self.true_positives = np.zeros(k) if self.true_positives is None else self.true_positives
         self.predicted = np.zeros(k) if self.predicted is None else self.predicted
-        self.soft_sums = np.zeros((k, k)) if self.soft_sums is None else self.soft_sums
-        self.soft_counts = np.zeros(k) if self.soft_counts is None else self.soft_counts
 
     def add(self, reduced: dict) -> None:
-        self.examples += float(reduced["examples"])
-        self.loss += float(reduced["loss"])
-        self.correct += float(reduced["correct"])
-        self.top_k += float(reduced["top_k"])
+        for name in ("examples", "loss", "correct", "top_k", "top_5", "binary_correct"):
+            setattr(self, name, getattr(self, name) + float(reduced[name]))
         self.true_positives += np.asarray(reduced["true_positives"])
         self.predicted += np.asarray(reduced["predicted"])
-        self.soft_sums += np.asarray(reduced["soft_sums"])
-        self.soft_counts += np.asarray(reduced["soft_counts"])
 
     def metrics(self, names: tuple[str, ...], top_k: int, prefix: str = "") -> dict[str, float]:
+        """The log's columns, named as DeepProfiler's Keras logs them (``top_<k>`` for its top_k plugin).
+
+        The ``sparse_*`` Keras metrics are the categorical ones here: labels are class numbers, so they are
+        well defined (DeepProfiler fed them one-hot targets, which they do not accept).
+        """
         n = max(self.examples, 1.0)
         values = {f"{prefix}loss": self.loss / n}
-        if "accuracy" in names:
-            values[f"{prefix}accuracy"] = self.correct / n
-        if "top_k" in names:
-            values[f"{prefix}top_{top_k}"] = self.top_k / n
-        if "average_class_precision" in names:
-            # Macro average over the classes the model predicted at least once.
-            predicted = self.predicted > 0
-            precision = np.divide(self.true_positives, self.predicted, out=np.zeros_like(self.predicted),
-                                  where=predicted)
-            values[f"{prefix}average_class_precision"] = float(precision[predicted].mean()) if predicted.any() else 0.0
+        for name in names:
+            if name in ("accuracy", "categorical_accuracy", "sparse_categorical_accuracy"):
+                values[f"{prefix}{name}"] = self.correct / n
+            elif name == "top_k":
+                values[f"{prefix}top_{top_k}"] = self.top_k / n
+            elif name in ("top_k_categorical_accuracy", "sparse_top_k_categorical_accuracy"):
+                values[f"{prefix}{name}"] = self.top_5 / n
+            elif name == "binary_accuracy":
+                values[f"{prefix}{name}"] = self.binary_correct / n
+            elif name == "average_class_precision":
+                values[f"{prefix}{name}"] = self.average_class_precision()
         return values
+
+    def average_class_precision(self) -> float:
+        """DeepProfiler's plugin: the mean over *all* classes of Keras' ``Precision(class_id=c)`` -- a
+        sample counts as predicted c when its probability of c exceeds 0.5 -- a class never predicted
+        counting 0 (Keras' division by zero). Summed over the epoch (DeepProfiler's plugin objects are
+        never reset, so its figure accumulates over the whole run: a bug not copied)."""
+        precision = np.divide(self.true_positives, self.predicted, out=np.zeros_like(self.predicted),
+                              where=self.predicted > 0)
+        return float(precision.mean()) if len(precision) else 0.0
 
 
 # ------------------------------------------------------ online label smoothing
-def initial_soft_labels(num_classes: int) -> np.ndarray:
-    return np.eye(num_classes)
+def initial_soft_labels(labels: np.ndarray, num_classes: int, smoothing: float) -> np.ndarray:
+    """DeepProfiler's start: every cell ``smoothing / K`` on each class plus ``1 - smoothing`` on its own."""
+    soft = np.full((len(labels), num_classes), smoothing / num_classes, dtype=np.float32)
+    soft[np.arange(len(labels)), labels] += 1.0 - smoothing
+    return soft
 
 
-def update_soft_labels(current: np.ndarray, sums: np.ndarray, counts: np.ndarray, blend: float) -> np.ndarray:
-    """Move each class's soft label toward the mean prediction of its correctly classified samples.
-
-    ``blend`` is ``online_lambda``: 0 keeps the old labels, 1 takes the epoch's
-    mean predictions. Classes with no correct sample keep their label.
-    """
-    updated = current.copy()
-    seen = counts > 0
-    means = sums[seen] / counts[seen][:, None]
-    updated[seen] = (1 - blend) * current[seen] + blend * means
-    return updated / updated.sum(axis=1, keepdims=True)
+def update_soft_labels(current: np.ndarray, predictions: np.ndarray, blend: float) -> np.ndarray:
+    """DeepProfiler's update after each epoch: ``(1 - online_lambda) * soft + online_lambda * prediction``,
+    per cell, the model predicting every training cell without augmentation."""
+    return ((1.0 - blend) * current + blend * predictions).astype(np.float32)
 
 
 # ------------------------------------------------------------------- outputs
@@ -206,6 +215,8 @@ class TrainingPlan:
 
     model_name: str
     conv_blocks: int
+    feature_dim: int
+    optimizer: str            # "sgd" or "adam" (config.ADAM_MODELS)
     input_shape: tuple[int, int, int]
     num_classes: int
     epochs: int
@@ -218,6 +229,7 @@ class TrainingPlan:
     checkpoint_policy: object
     validation_frequency: int
     online_labels: bool
+    balanced: bool
     online_smoothing: float
     online_lambda: float
     initialization: str
@@ -228,14 +240,17 @@ class TrainingPlan:
     def from_config(cls, config: Config, num_classes: int, input_shape: tuple[int, int, int],
                     pretrained_weights: str | None) -> "TrainingPlan":
         model = config.train.model
+        online = model.crop_generator == "online_labels_cropgen"
         return cls(
-            model_name=model.name, conv_blocks=model.params.conv_blocks, input_shape=input_shape,
+            model_name=model.name, conv_blocks=model.params.conv_blocks, feature_dim=model.params.feature_dim,
+            optimizer="adam" if model.name in ADAM_MODELS else "sgd", input_shape=input_shape,
             num_classes=num_classes, epochs=model.epochs, batch_size=model.params.batch_size,
             learning_rate=model.params.learning_rate, schedule=model.lr_schedule,
-            label_smoothing=model.params.label_smoothing, metrics=model.metrics,
+            # DeepProfiler sets label_smoothing to 0 with online labels: the soft labels smooth instead.
+            label_smoothing=0.0 if online else model.params.label_smoothing, metrics=model.metrics,
             top_k=min(config.train.validation.top_k, num_classes), checkpoint_policy=model.checkpoint_policy,
             validation_frequency=config.train.validation.frequency,
-            online_labels=model.crop_generator == "online_labels_cropgen",
+            online_labels=online, balanced=model.crop_generator in BALANCED_GENERATORS,
             online_smoothing=model.params.online_label_smoothing, online_lambda=model.params.online_lambda,
             initialization=model.initialization, pretrained_weights=pretrained_weights)
 

@@ -3,10 +3,15 @@
 - Shards are read with the shared record schema (:mod:`dpcore.sc_records`),
   interleaved ``sampling.workers`` at a time, shuffled with a buffer of
   ``sampling.cache_size``.
-- Class balance as DeepProfiler: each epoch draws every class up to the median
-  class count (classes smaller than the median are drawn whole), times
-  ``sampling.factor``. It is done in one pass over the data with a per-label
-  keep probability ``min(1, median / n_label) * factor``.
+- Class balance as DeepProfiler's ``sampled_crop_generator`` (and ``online_labels_cropgen``): every pass
+  over the training cells draws each class exactly ``int(median class count * sampling.factor)`` times,
+  without replacement from classes at least that large and with replacement from smaller ones (so a
+  small class is repeated, not under-drawn). It is done in one streaming pass: a ``scan`` keeps, per
+  class, the records still to come and the draws still to make, and gives each record its number of
+  copies -- Knuth's selection sampling for the first case, the multinomial's sequential binomials for
+  the second -- so the counts are exact and no worker holds a list of the cells.
+- Validation for those generators is also DeepProfiler's: one class-balanced resample of the
+  validation cells, fixed for the run.
 - Augmentations (training only): DeepProfiler's -- with probability 1/2 a random
   80-100% crop resized back, a random horizontal flip, a random multiple of 90
   degrees, per-channel brightness +-0.1 and contrast 0.8-1.2.
@@ -72,6 +77,25 @@ class ExportInfo:
                    channels=len(manifest["channels"]), compression=manifest.get("compression", ""),
                    shards=shards, counts=manifest["counts"], label_counts=label_counts)
 
+    def first_rows(self, split: str) -> list[int]:
+        """Each shard's first row when the split's cells are numbered in manifest order (shard by shard).
+
+        Shard sizes come from export-sc's commit records (``_shards/<split>-NNNNN.json``); a shard whose
+        record is gone is counted by reading it.
+        """
+        tf = load_tensorflow()
+        folder = StoragePath(self.folder)
+        rows, first = [], 0
+        for index, file in enumerate(self.shards.get(split, [])):
+            rows.append(first)
+            record = folder / sc_export.SHARD_RECORDS_DIR / sc_export.shard_record_name(split, index)
+            if record.exists():
+                first += int(sc_export.ShardRecord.from_json(record.read_text()).cells)
+            else:
+                dataset = tf.data.TFRecordDataset(file, compression_type=self.compression or None)
+                first += int(dataset.reduce(np.int64(0), lambda n, _: n + 1).numpy())
+        return rows
+
     @property
     def num_classes(self) -> int:
         return len(self.labels)
@@ -83,30 +107,33 @@ class ExportInfo:
         return sum(self.counts.get(split, 0) for split in splits)
 
 
-def keep_probabilities(label_counts: dict[int, int], num_classes: int, factor: float) -> np.ndarray:
-    """DeepProfiler's balance: each class drawn up to the median class count, times ``factor``."""
+# The crop generators whose training and validation samples DeepProfiler balances to the median class.
+BALANCED_GENERATORS = ("sampled_crop_generator", "online_labels_cropgen", "full_image_crop_generator")
+
+
+def draws_per_class(label_counts: dict[int, int], num_classes: int, factor: float) -> np.ndarray:
+    """Cells drawn per class and pass: ``int(median * factor)`` for every class present, as DeepProfiler.
+
+    DeepProfiler's ``balanced_sample`` takes ``int(median)`` of each class (``sampling.factor`` scales it
+    here; 1 is DeepProfiler's), without replacement where the class is at least that large.
+    """
     present = [n for n in label_counts.values() if n > 0]
-    median = float(np.median(present)) if present else 0.0
-    keep = np.zeros(num_classes, dtype=np.float32)
+    draws = np.zeros(num_classes, dtype=np.int64)
+    if not present:
+        return draws
+    per_class = max(1, int(float(np.median(present)) * factor))
     for label, n in label_counts.items():
         if n > 0:
-            keep[label] = min(1.0, median / n) * factor
-    return keep
+            draws[label] = per_class
+    return draws
 
 
-def cells_per_epoch(label_counts: dict[int, int], num_classes: int, factor: float) -> float:
-    keep = keep_probabilities(label_counts, num_classes, factor)
-    return float(sum(keep[label] * n for label, n in label_counts.items()))
+def cells_per_epoch(label_counts: dict[int, int], num_classes: int, factor: float) -> int:
+    return int(draws_per_class(label_counts, num_classes, factor).sum())
 
 
 def steps_for(cells: float, batch_size: int) -> int:
     return max(1, math.ceil(cells / batch_size))
-
-
-def _decode(parsed, num_classes: int):
-    tf = load_tensorflow()
-    image = tf.cast(parsed["image"], tf.float32) / 255.0
-    return image, tf.one_hot(parsed["label"], num_classes), parsed["label"], parsed["cell_index"]
 
 
 def augment(image, seed):
@@ -132,53 +159,139 @@ def augment(image, seed):
     return tf.clip_by_value(image, 0.0, 1.0)
 
 
+def numbered_records(files: list[str], first_rows: list[int], compression: str, workers: int,
+                     order_seed=None):
+    """``(row, serialized)`` of every record: ``row`` numbers the records of ``files`` in manifest order
+    (``first_rows[i]`` + the record's position in file i). With ``order_seed`` the files come in a
+    seeded random order, ``workers`` read at a time; without, in order."""
+    tf = load_tensorflow()
+    shards = tf.data.Dataset.from_tensor_slices((files, tf.constant(first_rows, tf.int64)))
+    if order_seed is not None:
+        shards = shards.shuffle(len(files), seed=order_seed)
+    cycle = max(1, min(workers, len(files)))
+    return shards.interleave(
+        lambda file, first: tf.data.TFRecordDataset(file, compression_type=compression or None).enumerate().map(
+            lambda position, serialized: (first + position, serialized)),
+        cycle_length=cycle, num_parallel_calls=cycle, deterministic=True)
+
+
+def balanced_copies(parsed, label_counts: dict[int, int], draws: np.ndarray, seed):
+    """How many copies of each record one balanced pass takes: ``(record, copies)`` for every record.
+
+    ``parsed`` must be one pass over exactly ``label_counts`` records per class. Class c gets exactly
+    ``draws[c]`` copies in all: a class with at least that many records by selection sampling (each
+    record kept with probability draws left / records left), a smaller one with replacement (each
+    record's copies ~ Binomial(draws left, 1 / records left), the multinomial drawn sequentially).
+    ``seed`` (an int64 scalar) fixes the draw; the state is two vectors of the class count's length.
+    """
+    tf = load_tensorflow()
+    counts = np.zeros(len(draws), dtype=np.int64)
+    for label, n in label_counts.items():
+        counts[label] = n
+    with_replacement = tf.constant(counts < draws)  # DeepProfiler: replace=counts[cls] < sample_size
+
+    def step(state, element):
+        records_left, draws_left = state
+        position, record = element
+        label = record["label"]
+        remaining = tf.cast(tf.maximum(records_left[label], 1), tf.float64)
+        wanted = draws_left[label]
+        draw_seed = tf.stack([tf.cast(seed, tf.int64), position])
+        selected = tf.cast(tf.random.stateless_uniform([], draw_seed, dtype=tf.float64) * remaining
+                           < tf.cast(wanted, tf.float64), tf.int64)
+        repeated = tf.cast(tf.random.stateless_binomial([], draw_seed, tf.cast(wanted, tf.float64),
+                                                        1.0 / remaining, output_dtype=tf.float64), tf.int64)
+        copies = tf.minimum(tf.where(with_replacement[label], repeated, selected), wanted)
+        index = tf.reshape(label, (1, 1))
+        state = (tf.tensor_scatter_nd_sub(records_left, index, tf.ones(1, tf.int64)),
+                 tf.tensor_scatter_nd_sub(draws_left, index, tf.reshape(copies, (1,))))
+        return state, (record, copies)
+
+    return parsed.enumerate().scan((tf.constant(counts), tf.constant(draws, tf.int64)), step)
+
+
+def _repeat_copies(record, copies):
+    tf = load_tensorflow()
+    return tf.data.Dataset.from_tensors(record).repeat(copies)
+
+
+def parsed_records(records, info: ExportInfo, workers: int):
+    def parse(row, serialized):
+        record = sc_records.parse(serialized, info.box_size, info.channels)
+        return {"image": record["image"], "label": record["label"], "cell_index": record["cell_index"], "row": row}
+    return records.map(parse, num_parallel_calls=max(1, workers), deterministic=True)
+
+
+def _decoded(record, num_classes: int):
+    """(image in [0, 1], one-hot label, label, row) of a parsed record."""
+    tf = load_tensorflow()
+    image = tf.cast(record["image"], tf.float32) / 255.0
+    return image, tf.one_hot(record["label"], num_classes), record["label"], record["row"]
+
+
 def training_dataset(info: ExportInfo, batch_size: int, cache_size: int, workers: int, factor: float,
-                     augmentations: bool, seed: int, epoch: int = 0):
-    """An endless stream of balanced, shuffled, (augmented) batches of (images, one-hot labels, labels).
+                     augmentations: bool, seed: int, epoch: int = 0, first_rows: list[int] | None = None):
+    """An endless stream of balanced, shuffled, (augmented) batches of (images, one-hot labels, labels, rows).
 
     Endless on purpose: the trainer keeps one iterator for the whole run and
     takes an epoch's worth of steps from it, so the shuffle buffer never
     drains and refills at epoch boundaries (a stall when ``cache_size`` is
-    large). Each pass over the shards draws a fresh balanced sample.
+    large). Each pass over the shards (files in a new order) draws a fresh
+    balanced sample (see :func:`balanced_copies`). ``rows`` number the training
+    cells when ``first_rows`` (each shard's first row) is given, else are -1.
     """
     tf = load_tensorflow()
     files = info.files(("training",))
     counts = info.label_counts.get("training", {})
-    keep = tf.constant(keep_probabilities(counts, info.num_classes, factor))
-    order = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed + epoch,
-                                                              reshuffle_each_iteration=True).repeat()
-    cycle = max(1, min(workers, len(files)))
-    records = order.interleave(
-        lambda f: tf.data.TFRecordDataset(f, compression_type=info.compression or None),
-        cycle_length=cycle, num_parallel_calls=cycle, deterministic=True)
-    parsed = records.map(lambda s: _decode(sc_records.parse(s, info.box_size, info.channels), info.num_classes),
-                         num_parallel_calls=max(1, workers), deterministic=True)
-    numbered = tf.data.Dataset.zip((parsed, tf.data.Dataset.random(seed=seed * 1000 + epoch)))
-    kept = numbered.filter(lambda sample, r: tf.cast(r % 1_000_003, tf.float32) / 1_000_003.0
-                           < tf.gather(keep, sample[2]))
-    samples = kept.map(lambda sample, r: sample).shuffle(cache_size, seed=seed + epoch)
+    draws = draws_per_class(counts, info.num_classes, factor)
+    numbered = first_rows is not None
+    first_rows = list(first_rows) if numbered else [0] * len(files)
+
+    def one_pass(number):
+        pass_seed = tf.constant(seed, tf.int64) * 1_000_003 + number
+        records = numbered_records(files, first_rows, info.compression, workers, order_seed=pass_seed)
+        copies = balanced_copies(parsed_records(records, info, workers), counts, draws, pass_seed)
+        return copies.flat_map(_repeat_copies)
+
+    samples = tf.data.Dataset.range(epoch, 1 << 62).flat_map(one_pass)
+    if not numbered:
+        samples = samples.map(lambda record: record | {"row": tf.constant(-1, tf.int64)})
+    samples = samples.map(lambda record: _decoded(record, info.num_classes),
+                          num_parallel_calls=max(1, workers), deterministic=True).shuffle(cache_size, seed=seed + epoch)
     if augmentations:
         seeded = tf.data.Dataset.zip((samples, tf.data.Dataset.counter()))
         samples = seeded.map(lambda s, i: (augment(s[0], tf.stack([tf.cast(seed + epoch, tf.int64), i])),) + s[1:],
                              num_parallel_calls=max(1, workers), deterministic=True)
-    return samples.map(lambda image, onehot, label, cell: (image, onehot, label)).batch(batch_size).prefetch(
-        tf.data.AUTOTUNE)
+    return samples.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+VALIDATION_SPLITS = {"val": ("validation",), "train": ("training",), "all": ("training", "validation")}
 
 
 def validation_dataset(info: ExportInfo, frame: str, batch_size: int, sample_first_crops: bool,
-                       workers: int):
-    """Validation batches (no augmentation, no sampling); None when the frame has no cells."""
+                       workers: int, balanced: bool = False, seed: int = 0):
+    """Validation batches of (images, one-hot labels, labels), no augmentation; None when the frame has no cells.
+
+    ``balanced`` (DeepProfiler's sampled and online-label generators): one class-balanced resample of the
+    frame's cells to their median class count (:func:`balanced_copies`), the same for the whole run.
+    Otherwise every cell of the frame, or with ``sample_first_crops`` the first ``batch_size`` of each site.
+    """
     tf = load_tensorflow()
-    splits = {"val": ("validation",), "train": ("training",), "all": ("training", "validation")}[frame]
+    splits = VALIDATION_SPLITS[frame]
     files = info.files(splits)
     if not files or not info.cells(splits):
         return None
-    records = tf.data.TFRecordDataset(files, compression_type=info.compression or None,
-                                      num_parallel_reads=max(1, min(workers, len(files))))
-    parsed = records.map(lambda s: _decode(sc_records.parse(s, info.box_size, info.channels), info.num_classes),
-                         num_parallel_calls=max(1, workers), deterministic=True)
+    records = parsed_records(numbered_records(files, [0] * len(files), info.compression, workers), info, workers)
     if sample_first_crops:
         # DeepProfiler validated on the first N cells of each image, N = validation batch size.
-        parsed = parsed.filter(lambda image, onehot, label, cell: cell < batch_size)
-    return parsed.map(lambda image, onehot, label, cell: (image, onehot, label)).batch(batch_size).prefetch(
+        records = records.filter(lambda record: record["cell_index"] < batch_size)
+    elif balanced:
+        counts: dict[int, int] = {}
+        for split in splits:
+            for label, n in info.label_counts.get(split, {}).items():
+                counts[label] = counts.get(label, 0) + n
+        draws = draws_per_class(counts, info.num_classes, 1.0)
+        records = balanced_copies(records, counts, draws, tf.constant(seed, tf.int64)).flat_map(_repeat_copies)
+    return records.map(lambda record: _decoded(record, info.num_classes)[:3],
+                       num_parallel_calls=max(1, workers), deterministic=True).batch(batch_size).prefetch(
         tf.data.AUTOTUNE)

@@ -85,7 +85,7 @@ def tree_bytes(folder: Path, pattern: str = "**/*") -> dict[str, bytes]:
 
 def cnn_profile_project(prepared_root: Path, root: Path, config_dict: dict) -> tuple[Path, str]:
     """A copy of the prepared example set up to profile with a small seeded ``cnn`` (64-pixel crops,
-    pool5 features): seconds per run, for tests of where and how ``profile`` runs, not of a network.
+    ``features`` layer): seconds per run, for tests of where and how ``profile`` runs, not of a network.
     Returns the project root and its config name; the same call always writes the same weights."""
     import keras
 
@@ -98,7 +98,7 @@ def cnn_profile_project(prepared_root: Path, root: Path, config_dict: dict) -> t
     data["dataset"]["locations"]["box_size"] = 64
     data["train"]["model"].update({"name": "cnn"})
     data["train"]["model"]["params"]["conv_blocks"] = 3
-    data["profile"].update({"feature_layer": "pool5", "checkpoint": "cnn.hdf5", "batch_size": 32})
+    data["profile"].update({"feature_layer": "features", "checkpoint": "cnn.hdf5", "batch_size": 32})
     keras.utils.set_random_seed(11)
     save_weights(models.classifier("cnn", (64, 64, 5), 2, conv_blocks=3),
                  StoragePath(str(root / "outputs/results/checkpoint/cnn.hdf5")))

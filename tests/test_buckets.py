@@ -104,9 +104,10 @@ def test_the_whole_chain_runs_on_a_bucket(bucket, prepared):
     # DeepProfiler's small cnn keeps this test short; the networks themselves are tested in test_profile_pipeline.
     config = json.loads(StoragePath(f"{ROOT}/inputs/config/bbbc022.json").read_text())
     config["train"]["model"]["name"] = "cnn"
-    config["profile"].update({"feature_layer": "pool5", "checkpoint": "cnn.hdf5"})
+    config["train"]["model"]["params"]["conv_blocks"] = 4
+    config["profile"].update({"feature_layer": "features", "checkpoint": "cnn.hdf5"})
     StoragePath(f"{ROOT}/inputs/config/cnn.json").write_text(json.dumps(config))
-    save_weights(models.classifier("cnn", (128, 128, 5), 2), StoragePath(f"{ROOT}/outputs/results/checkpoint/cnn.hdf5"))
+    save_weights(models.classifier("cnn", (128, 128, 5), 2, conv_blocks=4), StoragePath(f"{ROOT}/outputs/results/checkpoint/cnn.hdf5"))
     code, text = run_cli("--root", ROOT, "--config", "cnn.json", "profile")
     assert code == 0, text
     files = StoragePath(f"{ROOT}/outputs/results/features").glob("*/*.parquet")

@@ -224,7 +224,8 @@ def test_tensorflow_and_beam_start_up_lines_are_kept_out_unless_debug(project, e
     noise = ("oneDNN custom operations", "cudart_stub", "absl::InitializeLog", "cpu_feature_guard", "cuInit")
     small = json.loads(json.dumps(example_config_dict))  # DeepProfiler's small cnn builds in a second
     small["train"]["model"]["name"] = "cnn"
-    small["profile"].update({"feature_layer": "pool5", "checkpoint": None})
+    small["train"]["model"]["params"]["conv_blocks"] = 3
+    small["profile"].update({"feature_layer": "features", "checkpoint": None})
     command = [sys.executable, "-m", "beam_pipelines", "--root", str(project), "--config",
                write_config(project, small, "cnn.json"), "validate", "--commands", "profile"]
     fresh = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as in a new shell

@@ -208,6 +208,19 @@ def test_conv_blocks_checked_against_the_model(example_config_dict):
     with pytest.raises(ConfigError, match=r"conv_blocks must be one of \[50, 101, 152\]"):
         parse_config(data)
     assert parse_config(_with(data, "train.model.params.conv_blocks", 101)).train.model.params.conv_blocks == 101
+    # DeepProfiler's cnn builds conv_blocks blocks, at least one: the example's 0 (for B0) is refused.
+    cnn = _with(example_config_dict, "train.model.name", "cnn")
+    with pytest.raises(ConfigError, match=r"conv_blocks must be one of \[1, 2, .*10\] for model 'cnn', got 0"):
+        parse_config(cnn)
+    cnn = _with(_with(cnn, "train.model.params.conv_blocks", 4), "train.model.params.feature_dim", 64)
+    assert parse_config(cnn).train.model.params.feature_dim == 64
+    assert parse_config(example_config_dict).train.model.params.feature_dim == 256
+
+
+def test_deepprofilers_keras_metric_names_are_accepted(example_config_dict):
+    names = ["accuracy", "binary_accuracy", "categorical_accuracy", "sparse_categorical_accuracy",
+             "top_k_categorical_accuracy", "sparse_top_k_categorical_accuracy", "top_k", "average_class_precision"]
+    assert parse_config(_with(example_config_dict, "train.model.metrics", names)).train.model.metrics == tuple(names)
 
 
 def test_training_and_validation_values_must_not_overlap(example_config_dict):

@@ -54,9 +54,10 @@ def small_cnn(small):
     root, _, data = small
     data = json.loads(json.dumps(data))
     data["train"]["model"]["name"] = "cnn"
-    data["profile"].update({"feature_layer": "pool5", "checkpoint": "cnn.hdf5"})
+    data["train"]["model"]["params"]["conv_blocks"] = 3
+    data["profile"].update({"feature_layer": "features", "checkpoint": "cnn.hdf5"})
     keras.utils.set_random_seed(4)
-    save_weights(models.classifier("cnn", (BOX, BOX, 5), 2),
+    save_weights(models.classifier("cnn", (BOX, BOX, 5), 2, conv_blocks=3),
                  StoragePath(str(root / "outputs/results/checkpoint/cnn.hdf5")))
     return root, write_config(root, data, "cnn.json"), data
 
@@ -264,7 +265,7 @@ def test_unknown_layer_or_foreign_checkpoint_fail_before_the_pipeline(small):
     code, text = profile(root, write_config(root, bad, "typo.json"))
     assert code == 2 and "close matches: block6a_activation" in text
     keras.utils.set_random_seed(1)
-    save_weights(models.classifier("cnn", (BOX, BOX, 5), 2),
+    save_weights(models.classifier("cnn", (BOX, BOX, 5), 2, conv_blocks=3),
                  StoragePath(str(root / "outputs/results/checkpoint/cnn.hdf5")))
     other = json.loads(json.dumps(data))
     other["profile"]["checkpoint"] = "cnn.hdf5"

@@ -15,13 +15,13 @@ from PIL import Image
 
 import tensorflow  # noqa: E402,F401  (required: the suite fails, never skips, without it)
 
-from dpcore import models  # noqa: E402
-from dpcore.checkpoints import read_layer_weights, save_weights  # noqa: E402
+from dpcore import models, sc_export  # noqa: E402
+from dpcore.checkpoints import load_weights_by_name, read_layer_weights, save_weights  # noqa: E402
 from dpcore.config import StepSchedule  # noqa: E402
 from dpcore.storage import StoragePath  # noqa: E402
-from dpcore.training import PlateauController, scheduled_learning_rate, update_soft_labels  # noqa: E402
-from dpcore.training_data import (ExportInfo, cells_per_epoch, keep_probabilities,  # noqa: E402
-                                  training_dataset, validation_dataset)
+from dpcore.training import EpochSums, PlateauController, scheduled_learning_rate  # noqa: E402
+from dpcore.training_data import (ExportInfo, cells_per_epoch, draws_per_class, training_dataset,  # noqa: E402
+                                  validation_dataset)
 from tests.conftest import run_cli, write_config  # noqa: E402
 from tests.train_fixtures import synthetic_config, write_synthetic_export  # noqa: E402
 
@@ -80,6 +80,7 @@ def test_a_small_model_learns_the_synthetic_classes(tmp_path, monkeypatch, capsy
 def test_step_schedule_sets_the_rate_of_each_epoch(synthetic):
     # DeepProfiler's epochs are Keras' 0-based ones: issue #15's example, base 0.05 over 4 epochs.
     data = synthetic_config(epochs=4, lr_schedule={"epoch": [2, 3], "lr": [0.01, 0.001]})
+    data["train"]["model"]["params"]["learning_rate"] = 0.05
     assert train(synthetic, data)[0] == 0
     np.testing.assert_allclose(log(synthetic)["learning_rate"], [0.05, 0.05, 0.01, 0.001])
 
@@ -130,33 +131,89 @@ def test_augmentations_change_training_inputs_not_validation_ones(synthetic):
     np.testing.assert_array_equal(first[0].numpy(), again[0].numpy())
 
 
-def test_sampling_balances_classes_to_the_median(tmp_path):
+def test_sampling_draws_every_class_to_the_median_with_replacement_as_deepprofiler(tmp_path):
+    # DeepProfiler's balanced_sample: int(median) cells of every class per pass, with replacement from
+    # smaller classes (issue #15: counts {600, 100, 60} -> 100/100/100).
     folder = tmp_path / "export"
-    write_synthetic_export(folder, {"training": (600, 100, 60), "validation": (5, 5, 5)})
+    write_synthetic_export(folder, {"training": (600, 100, 60), "validation": (30, 10, 5)})
     info = ExportInfo.read(StoragePath(str(folder)))
-    np.testing.assert_allclose(keep_probabilities({0: 600, 1: 100, 2: 60}, 3, 1.0), [100 / 600, 1.0, 1.0])
-    # Ten epochs' worth of draws from the endless stream: each class up to the median (100) per epoch.
-    epoch = cells_per_epoch({0: 600, 1: 100, 2: 60}, 3, 1.0)
-    assert epoch == pytest.approx(260)
-    stream = training_dataset(info, 52, 2000, 1, 1.0, False, 3).unbatch().take(int(10 * epoch))
-    counts = np.bincount(np.array([int(sample[2]) for sample in stream]), minlength=3)
-    assert counts[1] == pytest.approx(1000, rel=0.12) and counts[2] == pytest.approx(600, rel=0.12)
-    assert counts[0] == pytest.approx(1000, rel=0.12)  # 600 cells drawn down to the median
-    assert cells_per_epoch({0: 600, 1: 100, 2: 60}, 3, 0.5) == pytest.approx(130)  # sampling.factor
+    np.testing.assert_array_equal(draws_per_class({0: 600, 1: 100, 2: 60}, 3, 1.0), [100, 100, 100])
+    assert cells_per_epoch({0: 600, 1: 100, 2: 60}, 3, 0.5) == 150  # sampling.factor scales the draw
+    rows = info.first_rows("training")
+    # A shuffle buffer of 1 keeps the passes apart: three passes, each exactly 100 per class.
+    stream = training_dataset(info, 50, 1, 1, 1.0, False, 3, first_rows=rows).unbatch().take(900)
+    drawn = np.array([(int(sample[2]), int(sample[3])) for sample in stream])
+    labels = drawn[:, 0].reshape(3, 300)
+    cells = drawn[:, 1].reshape(3, 300)
+    for one_pass, pass_cells in zip(labels, cells):
+        np.testing.assert_array_equal(np.bincount(one_pass, minlength=3), [100, 100, 100])
+        unique = [len(set(pass_cells[one_pass == label])) for label in range(3)]
+        assert unique[0] == 100 and unique[1] == 100  # without replacement: every cell once
+        assert 35 <= unique[2] <= 60  # 100 draws with replacement from 60: ~49 distinct cells expected
+    assert len({tuple(c) for c in cells}) == 3  # each pass a fresh sample
+    # Validation: one balanced resample of the validation cells, the same every time.
+    balanced = [np.concatenate([batch[2].numpy() for batch in validation_dataset(info, "val", 7, False, 1,
+                                                                                 balanced=True, seed=5)])
+                for _ in range(2)]
+    np.testing.assert_array_equal(np.bincount(balanced[0]), [10, 10, 10])
+    np.testing.assert_array_equal(balanced[0], balanced[1])
+    every = np.concatenate([batch[2].numpy() for batch in validation_dataset(info, "val", 7, False, 1)])
+    np.testing.assert_array_equal(np.bincount(every), [30, 10, 5])
 
 
-def test_soft_labels_move_toward_predictions(synthetic):
+def test_epoch_metrics_are_deepprofilers_and_keras_names():
+    # Three classes, four samples; figures worked out by hand from Keras' definitions.
+    probabilities = np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.4, 0.35, 0.25], [0.1, 0.1, 0.8]], np.float32)
+    labels = np.array([0, 1, 1, 2])
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from dpcore.trainer import Trainer  # noqa: PLC0415
+    holder = SimpleNamespace(tf=tensorflow, plan=SimpleNamespace(num_classes=3, top_k=2))
+    reduced = Trainer._sums(holder, tensorflow.constant(probabilities), tensorflow.one_hot(labels, 3),
+                            tensorflow.constant(labels, tensorflow.int64))
+    sums = EpochSums(3)
+    sums.add({**{k: v.numpy() for k, v in reduced.items()}, "loss": 2.0})
+    names = ("accuracy", "categorical_accuracy", "top_k", "top_k_categorical_accuracy", "binary_accuracy",
+             "average_class_precision", "sparse_categorical_accuracy")
+    values = sums.metrics(names, 2, prefix="val_")
+    assert values["val_loss"] == 0.5
+    assert values["val_accuracy"] == values["val_categorical_accuracy"] == values["val_sparse_categorical_accuracy"] == 0.5
+    assert values["val_top_2"] == 1.0 and values["val_top_k_categorical_accuracy"] == 1.0
+    # binary (outputs on the right side of 0.5): sample 1 all 3; sample 2 one (0.6 says class 0, 0.3 misses
+    # class 1); sample 3 two (nothing above 0.5, class 1 missed); sample 4 all 3.
+    assert values["val_binary_accuracy"] == pytest.approx((1 + 1 / 3 + 2 / 3 + 1) / 4)
+    # Precision over all three classes: class 0 predicted twice, right once (1/2); class 1 never (0);
+    # class 2 once, right (1). DeepProfiler: (0.5 + 0 + 1) / 3; over predicted classes only it would be 0.75.
+    assert values["val_average_class_precision"] == pytest.approx(0.5)
+
+
+def test_online_labels_are_per_cell_and_move_toward_the_models_predictions(synthetic):
     data = synthetic_config(epochs=2, crop_generator="online_labels_cropgen")
-    data["train"]["model"]["params"].update({"online_label_smoothing": 0.2, "online_lambda": 0.5})
-    assert train(synthetic, data)[0] == 0
-    soft = json.loads((synthetic / "outputs/results/logs/soft_labels.json").read_text())
-    matrix = np.array([soft["soft_labels"][k] for k in ("disk", "ring", "stripes")])
-    assert soft["epoch"] == 2
-    np.testing.assert_allclose(matrix.sum(axis=1), 1, atol=1e-5)
-    assert not np.allclose(matrix, np.eye(3)) and (np.diag(matrix) > 0.5).all()
-    # The update rule itself: halfway from the identity to the mean correct prediction.
-    updated = update_soft_labels(np.eye(2), np.array([[6.0, 2.0], [0.0, 0.0]]), np.array([8.0, 0.0]), 0.5)
-    np.testing.assert_allclose(updated, [[0.875, 0.125], [0.0, 1.0]])
+    data["train"]["model"]["params"].update({"online_label_smoothing": 0.2, "online_lambda": 0.5,
+                                             "label_smoothing": 0.3})
+    code, text = train(synthetic, data)
+    assert code == 0, text
+    logs = synthetic / "outputs/results/logs/soft_labels"
+    start, first, second = (pd.read_parquet(logs / f"{epoch:04d}.parquet") for epoch in (0, 1, 2))
+    export = synthetic / "outputs/single-cells"
+    index = pd.read_parquet(export / sc_export.INDEX_DIR).query("Split_Set == 'training'")
+    assert len(start) == len(index) == 480
+    # DeepProfiler's start: 0.2 / 3 on every class, plus 0.8 on the cell's own.
+    truth = start.merge(index, on=["Shard", "Record"])
+    expected = np.full((480, 3), 0.2 / 3) + 0.8 * np.eye(3)[truth["Label"].to_numpy()]
+    np.testing.assert_allclose(truth[["disk", "ring", "stripes"]].to_numpy(), expected, rtol=1e-6)
+    # After epoch 2: halfway from epoch 1's labels to the predictions of the epoch-2 weights, cell by cell.
+    model = models.classifier("cnn", (32, 32, 3), 3, 3)
+    load_weights_by_name(model, StoragePath(str(synthetic / "outputs/results/checkpoint/checkpoint_0002.hdf5")))
+    shard = export / second["Shard"].iloc[0]
+    images = np.stack([np.frombuffer(tensorflow.train.Example.FromString(raw.numpy()).features.feature["image"]
+                                     .bytes_list.value[0], np.uint8).reshape(32, 32, 3)
+                       for raw in tensorflow.data.TFRecordDataset(str(shard))]).astype(np.float32) / 255
+    predictions = model.predict_on_batch(images[second["Record"].to_numpy()])
+    columns = ["disk", "ring", "stripes"]
+    np.testing.assert_allclose(second[columns].to_numpy(), 0.5 * first[columns].to_numpy() + 0.5 * predictions,
+                               atol=1e-5)
+    assert not np.allclose(second[columns].to_numpy(), start[columns].to_numpy())
 
 
 def test_resume_with_epoch_continues_the_log(synthetic):
@@ -228,7 +285,7 @@ def test_imagenet_initialisation_needs_a_local_file_and_replicates_rgb_filters(s
     data = synthetic_config(epochs=1, initialization="ImageNet")
     code, text = train(synthetic, data)
     assert code == 2 and "cannot be downloaded" in text
-    rgb = models.backbone("cnn", (32, 32, 3))
+    rgb = models.backbone("cnn", (32, 32, 3), 3)
     weights = tmp_path / "cnn_rgb.h5"
     save_weights(rgb, StoragePath(str(weights)))
     code, text = train(synthetic, data, "--pretrained-weights", str(weights))
@@ -237,7 +294,7 @@ def test_imagenet_initialisation_needs_a_local_file_and_replicates_rgb_filters(s
     from dpcore.training import TrainingPlan  # noqa: PLC0415
     from dpcore.config import parse_config  # noqa: PLC0415
     plan = TrainingPlan.from_config(parse_config(data), 3, (32, 32, 5), str(weights))
-    model = models.classifier("cnn", (32, 32, 5), 3)
+    model = models.classifier("cnn", (32, 32, 5), 3, 3)
     imagenet_initialise(model, plan)
     kernel = np.asarray(model.get_layer("conv1").kernel)
     source = np.asarray(rgb.get_layer("conv1").kernel)
@@ -251,6 +308,7 @@ def test_training_on_the_real_export(prepared, tmp_path):
     assert run_cli("--root", str(root), "--config", "bbbc022.json", "export-sc")[0] == 0
     data = json.loads((root / "inputs/config/bbbc022.json").read_text())
     data["train"]["model"].update({"name": "cnn", "epochs": 1, "lr_schedule": None})
+    data["train"]["model"]["params"]["conv_blocks"] = 4
     code, text = train(root, data, name="real.json")
     assert code == 0, text
     assert "617 training cells" in text or "training cells" in text
@@ -342,5 +400,5 @@ def test_traintf2_with_cores_trains(synthetic):
     # DeepProfiler 0.3.1's command name and its --cores flag (TensorFlow's thread pools here).
     config = write_config(synthetic, synthetic_config(epochs=1), "train.json")
     code, text = run_cli("--root", str(synthetic), "--config", config, "--cores", "1", "traintf2", "--seed", "7")
-    assert code == 0 and "train: cnn (conv_blocks 0)" in text, text
+    assert code == 0 and "train: cnn (conv_blocks 3)" in text, text
     assert list(log(synthetic)["epoch"]) == [1]

@@ -75,7 +75,7 @@ def synthetic_config(epochs: int = 3, **model_overrides) -> dict:
     model = {"name": "cnn", "crop_generator": "sampled_crop_generator", "augmentations": False,
              "metrics": ["accuracy", "top_k", "average_class_precision"], "epochs": epochs,
              "initialization": "Random", "checkpoint_policy": 1,
-             "params": {"learning_rate": 0.05, "batch_size": 32, "conv_blocks": 0, "label_smoothing": 0.0}}
+             "params": {"learning_rate": 0.005, "batch_size": 32, "conv_blocks": 3, "label_smoothing": 0.0}}
     model.update(model_overrides)
     return {
         "dataset": {"metadata": {"label_field": "Shape", "control_value": "disk"},
