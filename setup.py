@@ -8,7 +8,8 @@ HERE = Path(__file__).parent
 
 # Floors, not pins: constraints.txt holds the exact versions CI and the demo use.
 INSTALL_REQUIRES = [
-    "apache-beam>=2.77",
+    # [aws]: Beam's own S3 filesystem (boto3), for the few files Beam's sinks write (the dead letters).
+    "apache-beam[aws]>=2.77",
     # Beam 2.77 needs protobuf >= 6.33.5, which only TensorFlow >= 2.20 accepts. Full "tensorflow",
     # not "tensorflow-cpu": Beam's TF model handler imports tensorflow_hub, which pulls it in anyway.
     "tensorflow>=2.20",
@@ -19,6 +20,9 @@ INSTALL_REQUIRES = [
     "pyarrow>=15",
     "fsspec>=2024.2",
     "gcsfs>=2024.2",
+    # s3:// through the same fsspec layer as gs:// (every dpbeam read and write goes through StoragePath);
+    # chosen over Beam's S3 filesystem for that, and because it honours AWS_ENDPOINT_URL and anonymous access.
+    "s3fs>=2024.2",
     "tifffile>=2024.1",  # TIFF decoding: tensorflow-io cannot load under TF >= 2.20 (see README)
     "pillow>=10.0",
     "h5py>=3.10",  # Keras-2 HDF5 checkpoints (DeepProfiler's format), read and written by layer name
@@ -36,6 +40,7 @@ EXTRAS_REQUIRE = {
         "pytest-xdist>=3.5",  # scripts/test.sh runs the suite in two processes: ~15 min -> ~10 on 2 cores
         "hypothesis>=6.100",
         "gcp-storage-emulator>=2024.8",  # a local GCS server: tests run --root gs://... end to end
+        "moto[server]>=5.0",  # a local S3 server: tests run --root s3://... and read a Gallery-shaped bucket
         "kubernetes-validate>=1.30",  # deploy/ manifests checked against Kubernetes' own JSON schema
         "jsonschema>=4.23",
     ],

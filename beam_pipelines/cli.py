@@ -164,7 +164,7 @@ def main(argv: Sequence[str] | None = None, *, emit: Callable[[str], None] = _em
     except LockedError as error:
         emit(f"dpbeam {spec.name}: refused: {error}")
         return EXIT_USAGE
-    except FileNotFoundError as error:
+    except (FileNotFoundError, PermissionError) as error:
         emit(f"dpbeam {spec.name}: error: {error}")
         return EXIT_USAGE
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 from dataclasses import dataclass
 from typing import Callable
@@ -120,6 +121,64 @@ def _run_split(context: CommandContext, args: argparse.Namespace, emit: Emit) ->
     return 0
 
 
+# ---------------------------------------------------------- import-loaddata
+def _import_loaddata_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("csvs", nargs="+", metavar="CSV",
+                        help="CellProfiler LoadData CSV(s), local or in a bucket (e.g. the Cell Painting Gallery's "
+                             "load_data_csv/<batch>/<plate>/load_data_with_illum.csv); several plates at once")
+    parser.add_argument("--platemap", action="append", default=[], metavar="CSV",
+                        help="a CSV of annotations joined onto the rows (repeat for several, applied in order)")
+    parser.add_argument("--join", action="append", nargs="+", default=[], metavar="COLUMN",
+                        help="the columns the preceding --platemap is joined on (one --join per --platemap), "
+                             "e.g. --platemap well.csv --join Metadata_Plate Metadata_Well")
+    parser.add_argument("--image-name", action="append", default=[], metavar="CHANNEL=NAME",
+                        help="LoadData image name of a config channel (default: Orig<channel>, e.g. OrigDNA)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing index file")
+
+
+def _run_import_loaddata(context: CommandContext, args: argparse.Namespace, emit: Emit) -> int:
+    from dpcore import loaddata  # noqa: PLC0415 -- pandas only when the command runs
+    from dpcore.storage import as_storage_path  # noqa: PLC0415
+
+    from beam_pipelines.dead_letter import failure, report_failures  # noqa: PLC0415
+
+    config = context.load_config("import-loaddata")
+    context = context.with_config_paths(config)
+    if len(args.platemap) != len(args.join):
+        raise UsageError(f"{len(args.platemap)} --platemap but {len(args.join)} --join: give each platemap the "
+                         f"columns it is joined on, e.g. --platemap well.csv --join Metadata_Plate Metadata_Well")
+    target = context.layout.index_file
+    if target.exists() and not args.overwrite:
+        raise UsageError(f"{target} exists: pass --overwrite to replace it (or --metadata NAME for another file)")
+    platemaps = [loaddata.Platemap(str(path), loaddata.read_csv(path), tuple(columns))
+                 for path, columns in zip(map(as_storage_path, args.platemap), args.join)]
+    label = config.dataset.metadata.label_field
+    result = loaddata.import_loaddata([as_storage_path(csv) for csv in args.csvs], config.channels,
+                                      loaddata.parse_image_names(args.image_name), platemaps,
+                                      required=(label,) if label else ())
+    if result.index.empty:
+        raise UsageError(f"no usable row in {', '.join(args.csvs)} ({len(result.rejected)} rejected, e.g. "
+                         f"{result.rejected[0]['item']}: {result.rejected[0]['reason']})" if result.rejected
+                         else f"no row in {', '.join(args.csvs)}")
+    target.write_text(result.index.to_csv(index=False))  # atomic: a reader never sees half an index
+    rejected_file = target.parent / f"{target.name.rsplit('.', 1)[0]}-rejected.jsonl"
+    records = [failure("import-loaddata", r["item"], r["reason"]) for r in result.rejected]
+    rejected_file.write_text("".join(json.dumps(record) + "\n" for record in records))
+    plates = result.index["Metadata_Plate"].nunique()
+    illumination = sum(c.startswith(loaddata.ILLUMINATION_PREFIX) for c in result.index.columns)
+    emit(f"wrote {target}: {len(result.index)} site(s) of {plates} plate(s) from {result.rows_read} row(s) of "
+         f"{len(args.csvs)} CSV(s); {illumination} channel(s) with CellProfiler illumination functions")
+    split = config.train.partition.split_field if config.train else None
+    if split and split not in result.index.columns:
+        emit(f"note: the index has no column {split} (train.partition.split_field), which export-sc needs: "
+             f"join it from a platemap (--platemap CSV --join COLUMN ...)")
+    if label and config.dataset.metadata.control_value is not None:
+        controls = int((result.index[label] == str(config.dataset.metadata.control_value)).sum())
+        emit(f"{label}: {result.index[label].nunique()} value(s); {controls} site(s) of the control "
+             f"{config.dataset.metadata.control_value!r}")
+    return report_failures(records, rejected_file, emit)
+
+
 # --------------------------------------------------------- pipeline commands
 def _pipeline(module: str) -> Callable[[CommandContext, argparse.Namespace, Emit], int]:
     """Run ``beam_pipelines.<module>.run_command``, importing Beam only now."""
@@ -155,6 +214,10 @@ def _detach_argument(parser: argparse.ArgumentParser) -> None:
 def _prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="recompute plates and images already committed by an earlier run")
+    parser.add_argument("--illumination", choices=("deepprofiler", "cellprofiler"), default=None,
+                        help="deepprofiler: compute each plate's illumination functions (DeepProfiler's); "
+                             "cellprofiler: divide by the plate's CellProfiler functions (.npy) named in the "
+                             "index's Illum_<channel> columns (default: prepare.illumination_correction.functions)")
     _detach_argument(parser)
     _dry_run_argument(parser)
 
@@ -220,6 +283,14 @@ COMMANDS: tuple[CommandSpec, ...] = (
                 "(see --commands) and say which commands the config is ready for. Exit status 1 if there "
                 "was any problem.",
                 _validate_arguments, _run_validate),
+    CommandSpec("import-loaddata", "write the index from CellProfiler LoadData CSVs (Cell Painting Gallery)",
+                "Turn CellProfiler LoadData CSVs (local or in a bucket) into DeepProfiler's index at "
+                "inputs/metadata/<--metadata name>: plate, well, site, one column per config channel with the "
+                "image's URL (PathName + FileName of Orig<channel>), Illum_<channel> with the CellProfiler "
+                "illumination function when the CSV names one, the CSV's other Metadata_ columns, and "
+                "columns joined from platemaps. Rows with a missing image or no platemap match are listed by "
+                "CSV line in <index>-rejected.jsonl and left out (exit status 1).",
+                _import_loaddata_arguments, _run_import_loaddata),
     CommandSpec("prepare", "illumination statistics and compressed PNGs (Beam pipeline)",
                 "Compute per-plate illumination statistics and correction functions, and write "
                 "illumination-corrected 8-bit PNGs when prepare.compression.implement is true.",

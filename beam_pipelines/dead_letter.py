@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 
-from dpcore.storage import StoragePath
+from dpcore.storage import S3_PROTOCOLS, StoragePath
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,11 @@ def read_failures(target: StoragePath) -> list[dict]:
     return _dedupe_and_sort([json.loads(line) for line in target.read_text().splitlines() if line.strip()])
 
 
+def _write_lines(lines: list[str], url: str) -> str:
+    StoragePath(url).write_text("".join(line + "\n" for line in sorted(lines)))
+    return url
+
+
 def _once_key(record: dict) -> tuple[tuple[str, str], str]:
     return (str(record.get("item")), str(record.get("reason"))), json.dumps(record, sort_keys=True)
 
@@ -67,12 +72,22 @@ class WriteDeadLetters(beam.PTransform):
     target: StoragePath
 
     def expand(self, failures):
-        return (
+        lines = (
             failures
             | "KeyByItemAndReason" >> beam.Map(_once_key)
             | "OncePerItemAndReason" >> beam.CombinePerKey(min)
             | "Lines" >> beam.Values()
-            | "WriteFailureFile" >> beam.io.WriteToText(self.target.url, shard_name_template="", num_shards=1)
+        )
+        if self.target.protocol not in S3_PROTOCOLS:
+            return lines | "WriteFailureFile" >> beam.io.WriteToText(self.target.url, shard_name_template="",
+                                                                    num_shards=1)
+        # Beam's S3 file system cannot write an empty file (its multipart upload completes with no part:
+        # S3 answers MalformedXML), and no failure is the usual case: on s3:// the lines are gathered
+        # on one worker -- the failures only, never the screen -- and written through fsspec.
+        return (
+            lines
+            | "AllLines" >> beam.combiners.ToList()
+            | "WriteFailureFile" >> beam.Map(_write_lines, self.target.url)
         )
 
     def __post_init__(self):

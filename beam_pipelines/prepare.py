@@ -23,11 +23,12 @@ a step of the pipeline. A re-run skips committed plates and images unless
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import threading
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Iterable, Iterator
 
 import apache_beam as beam
@@ -39,14 +40,15 @@ from dpcore.config import Config
 from dpcore.features import index_stem
 from dpcore.illumination import (PlateAccumulator, compute_statistics, few_images_warning, merge_accumulators,
                                  read_statistics, site_contribution, write_statistics)
-from dpcore.images import ImageReadError, decode_image, encode_png, read_image
+from dpcore.images import ImageReadError, decode_image, encode_png
 from dpcore.layout import ProjectLayout, UnsafePathError
 from dpcore.locking import output_lock
-from dpcore.metadata import Site, scan_index
-from dpcore.sites import compressed_image_paths, raw_image_paths, read_stack
+from dpcore.loaddata import illumination_column
+from dpcore.metadata import Site, iter_index_chunks, scan_index
+from dpcore.sites import compressed_image_paths, raw_image_paths, read_images, read_stack
 from dpcore.storage import StoragePath, remove_stale_temporaries
 
-from beam_pipelines.context import CommandContext
+from beam_pipelines.context import CommandContext, UsageError
 from beam_pipelines.dead_letter import WriteDeadLetters, failure, read_failures, report_failures
 from beam_pipelines.index import ReadSites
 from beam_pipelines.progress import OutputProgress, inc_counter
@@ -75,6 +77,10 @@ class PrepareSettings:
     label_field: str | None
     control_value: str | None
     overwrite: bool = False
+    # "deepprofiler" (computed here) or "cellprofiler": divide by the plate's CellProfiler functions,
+    # ``cellprofiler_functions[plate]`` = one .npy URL per channel (the index's Illum_<channel> columns).
+    functions: str = "deepprofiler"
+    cellprofiler_functions: dict = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, layout: ProjectLayout, config: Config, overwrite: bool = False) -> "PrepareSettings":
@@ -85,13 +91,14 @@ class PrepareSettings:
                    width=images.width, down_scale_factor=illumination.down_scale_factor,
                    median_filter_size=illumination.median_filter_size, compress=compression.implement,
                    scaling_factor=compression.scaling_factor, label_field=config.dataset.metadata.label_field,
-                   control_value=config.dataset.metadata.control_value, overwrite=overwrite)
+                   control_value=config.dataset.metadata.control_value, overwrite=overwrite,
+                   functions=illumination.functions)
 
     @property
     def fingerprint(self) -> dict:
         """The settings a plate's outputs depend on, recorded in its manifest."""
         values = asdict(self)
-        for transient in ("layout", "overwrite"):
+        for transient in ("layout", "overwrite", "cellprofiler_functions"):  # the plate's own go to its manifest
             values.pop(transient)
         values["channels"] = list(self.channels)
         return values
@@ -205,7 +212,10 @@ class WritePlateStatistics(beam.DoFn):
         s = self.settings
         try:
             stats = compute_statistics(plate, s.channels, accumulator, s.median_filter_size)
-        except ValueError as error:
+            if s.functions == "cellprofiler":  # CellProfiler's functions; the histogram statistics stay ours
+                stats = replace(stats, illum_correction_function=cellprofiler_functions(
+                    s.cellprofiler_functions[plate], (s.height, s.width)))
+        except (ValueError, OSError) as error:
             yield beam.pvalue.TaggedOutput("failed", failure("statistics", f"plate {plate}", str(error)))
         else:
             yield self._publish(plate, stats)
@@ -222,6 +232,58 @@ class WritePlateStatistics(beam.DoFn):
         inc_counter(NAMESPACE, "plates_computed")
         logger.info("plate %s: statistics of %d site(s) written to %s", plate, stats.image_count, path)
         return plate, str(path)
+
+
+def cellprofiler_functions(urls: Iterable[str], shape: tuple[int, int]) -> np.ndarray:
+    """The plate's CellProfiler illumination functions as an (H, W, C) stack: images are divided by them
+    (CellProfiler's CorrectIlluminationApply "Divide", as Distributed-DeepProfiler applies them)."""
+    functions = []
+    for url in urls:
+        path = StoragePath(url)
+        try:
+            function = np.load(io.BytesIO(path.read_bytes()), allow_pickle=False)
+        except FileNotFoundError as error:
+            raise ValueError(f"{path}: CellProfiler illumination function not found") from error
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{path}: not a NumPy .npy array ({error})") from error
+        if function.shape != tuple(shape):
+            raise ValueError(f"{path}: CellProfiler illumination function is {'x'.join(map(str, function.shape))}"
+                             f", the images are {shape[0]}x{shape[1]} (height x width)")
+        if not (np.isfinite(function).all() and (function > 0).all()):
+            raise ValueError(f"{path}: CellProfiler illumination function has zero, negative or non-finite values")
+        functions.append(function.astype(np.float64))
+    return np.stack(functions, axis=-1)
+
+
+def plates_cellprofiler_functions(index: StoragePath, channels: tuple[str, ...], plates: Iterable[str]) -> dict:
+    """plate -> one function URL per channel, from the index's Illum_<channel> columns (one per plate).
+
+    Raises ValueError naming the index, the plate and the column when a function is missing, differs
+    between a plate's sites, or its file does not exist.
+    """
+    columns = [illumination_column(channel) for channel in channels]
+    found: dict[str, tuple] = {}
+    for chunk in iter_index_chunks(index):
+        missing = [c for c in columns if c not in chunk.columns]
+        if missing:
+            raise ValueError(f"{index}: no column {', '.join(missing)}; prepare --illumination cellprofiler "
+                             f"reads each plate's CellProfiler functions there (import-loaddata writes them from "
+                             f"a load_data_with_illum.csv)")
+        for plate, group in chunk.groupby(chunk["Metadata_Plate"].astype(str)):
+            values = group[columns].astype(str)
+            distinct = values.drop_duplicates()
+            if len(distinct) > 1 or (plate in found and found[plate] != tuple(distinct.iloc[0])):
+                raise ValueError(f"{index}: plate {plate} names several CellProfiler functions for one channel "
+                                 f"(a plate has one function per channel)")
+            found[plate] = tuple(distinct.iloc[0])
+    result = {}
+    for plate in plates:
+        urls = found[plate]
+        for column, url in zip(columns, urls):
+            if not url.strip() or url == "nan":
+                raise ValueError(f"{index}: plate {plate} has no {column}")
+        result[plate] = tuple(urls)
+    return result
 
 
 # --------------------------------------------------------------- compression
@@ -283,8 +345,9 @@ class CompressSite(beam.DoFn):
         targets = s.site_pngs(site)
         trusted = site.plate in self.resumed_plates
         compressed = [self._committed(target) if trusted else None for target in targets]
-        raw = {c: read_image(s.layout.image_file(site.channel_files[c]), (s.height, s.width))
-               for c, done in enumerate(compressed) if done is None}
+        todo = [c for c, done in enumerate(compressed) if done is None]
+        images = read_images([s.layout.image_file(site.channel_files[c]) for c in todo], (s.height, s.width))
+        raw = dict(zip(todo, images))
         for c, image in raw.items():
             compressed[c] = compress_channel(image, stats.illum_correction_function[:, :, c], s.scaling_factor,
                                              float(stats.upper_percentiles[c]))
@@ -326,6 +389,8 @@ class FinalizePlate(beam.DoFn):
             write_statistics(StoragePath(path), stats)
         manifest = {"plate": plate, "images_per_channel": stats.image_count, "compressed": s.compress,
                     "settings": s.fingerprint}
+        if s.functions == "cellprofiler":
+            manifest["cellprofiler_functions"] = dict(zip(s.channels, s.cellprofiler_functions[plate]))
         # Every PNG of the plate is written (this step follows them all): a temporary file left in the
         # plate's folders now is from an attempt the runner abandoned (a lost worker), so it goes.
         remove_stale_temporaries(s.compressed_plate_dir(plate), beam_sink_folders=False)
@@ -438,24 +503,45 @@ class PreparePlates(beam.PTransform):
 # -------------------------------------------------------------------- command
 def plan_plates(settings: PrepareSettings, plates: list[str]) -> tuple[list[str], dict, list[str]]:
     """Split plates into (to process, statistics to reuse, already complete)."""
-    todo, resume, complete = [], {}, []
+    todo, resume, complete, changed = [], {}, [], []
     for plate in plates:
         if settings.overwrite:
             todo.append(plate)  # its earlier outputs are removed by the pipeline first
             continue
         manifest = settings.manifest(plate)
         if manifest.exists():
-            recorded = json.loads(manifest.read_text()).get("settings")
+            recorded = json.loads(manifest.read_text()).get("settings") or {}
             if recorded != settings.fingerprint:
-                logger.warning("plate %s was prepared with other settings (%s); keeping it. "
-                               "Use --overwrite to recompute with the current config.", plate, manifest)
+                changed.append(f"plate {plate} ({manifest}): {_differences(recorded, settings.fingerprint)}")
             complete.append(plate)
             continue
         todo.append(plate)
         stats_file = settings.layout.intensities_file(plate)
         if stats_file.exists():
             resume[plate] = str(stats_file)
+    if changed:
+        # Its outputs were made otherwise: keeping them would mix two kinds of images in one screen.
+        raise UsageError("prepared with other settings than the config's now; --overwrite recomputes them:\n  "
+                         + "\n  ".join(changed[:10]) + (f"\n  ... and {len(changed) - 10} more plate(s)"
+                                                         if len(changed) > 10 else ""))
     return todo, resume, complete
+
+
+def _differences(recorded: dict, current: dict) -> str:
+    keys = sorted(set(recorded) | set(current))
+    return ", ".join(f"{key} {recorded.get(key)!r} -> {current.get(key)!r}" for key in keys
+                     if recorded.get(key) != current.get(key))
+
+
+def _cellprofiler_functions(context: CommandContext, config: Config, plates: list[str]) -> dict:
+    """Each plate's CellProfiler functions from the index, resolved as images are and checked to exist."""
+    named = plates_cellprofiler_functions(context.layout.index_file, config.channels, plates)
+    resolved = {plate: tuple(str(context.layout.image_file(url)) for url in urls) for plate, urls in named.items()}
+    missing = [url for urls in resolved.values() for url in urls if not StoragePath(url).exists()]
+    if missing:
+        raise UsageError(f"CellProfiler illumination function not found: {missing[0]}"
+                         + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    return resolved
 
 
 def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
@@ -465,8 +551,13 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
                       count_columns=("Metadata_Plate",))
     plates = sorted(scan.plates)
     settings = PrepareSettings.from_config(context.layout, config, overwrite=args.overwrite)
+    if getattr(args, "illumination", None):
+        settings = replace(settings, functions=args.illumination)
+    if settings.functions == "cellprofiler":
+        settings = replace(settings, cellprofiler_functions=_cellprofiler_functions(context, config, plates))
     emit(f"prepare: {len(plates)} plate(s), {scan.sites} site(s), {len(config.channels)} channel(s); "
-         f"compression {'on' if settings.compress else 'off'}")
+         f"compression {'on' if settings.compress else 'off'}; illumination functions: "
+         f"{'CellProfiler (from the index)' if settings.functions == 'cellprofiler' else 'computed'}")
     if args.dry_run:
         todo, resume, _ = plan_plates(settings, plates)
         if todo:

@@ -33,6 +33,7 @@ FILE_FORMATS = ("tif", "tiff", "png")
 BITS = (8, 16)
 VALIDATION_FRAMES = ("all", "train", "val")
 INITIALIZATIONS = ("random", "imagenet")
+ILLUMINATION_FUNCTIONS = ("deepprofiler", "cellprofiler")
 # DeepProfiler's two metric plugins and the Keras metric names it passes to ``model.compile`` as they are.
 PLUGIN_METRICS = ("top_k", "average_class_precision")
 KERAS_METRICS = ("accuracy", "binary_accuracy", "categorical_accuracy", "sparse_categorical_accuracy",
@@ -65,6 +66,7 @@ PATH_KEYS = (
 
 # Keys each command needs beyond those with defaults.
 REQUIRED_KEYS: Mapping[str, tuple[str, ...]] = {
+    "import-loaddata": ("dataset.images.channels",),
     "validate": ("dataset.images.channels", "dataset.images.width", "dataset.images.height"),
     "prepare": ("dataset.images.channels", "dataset.images.width", "dataset.images.height"),
     "export-sc": (
@@ -135,6 +137,9 @@ class DatasetConfig:
 class IlluminationConfig:
     down_scale_factor: float = 4.0
     median_filter_size: int = 24
+    # "deepprofiler": computed per plate by prepare; "cellprofiler": the plate's CellProfiler functions
+    # (.npy) named in the index's Illum_<channel> columns (import-loaddata writes them). Not in the reference.
+    functions: str = "deepprofiler"
 
 
 @dataclass(frozen=True)
@@ -443,6 +448,8 @@ def _read_prepare(r: _Reader) -> PrepareConfig:
     illumination = IlluminationConfig(
         down_scale_factor=ic.value("down_scale_factor", _number(minimum=1.0), "a number >= 1", 4.0),
         median_filter_size=ic.value("median_filter_size", _integer(minimum=1), "a positive integer", 24),
+        functions=ic.value("functions", _choice(ILLUMINATION_FUNCTIONS), _one_of(ILLUMINATION_FUNCTIONS),
+                           "deepprofiler"),
     )
     ic.finish()
     c = r.section("compression")

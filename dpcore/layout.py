@@ -159,12 +159,14 @@ class ProjectLayout:
         return self.config_dir.joinpath(*name.split("/"))
 
     def image_file(self, relative: str) -> StoragePath:
-        """An image named in the index, which must stay inside the images folder.
+        """An image named in the index.
 
-        Paths in the index are relative to ``inputs/images``; an absolute path is
-        accepted only inside ROOT. Anything escaping (``../``) is refused.
+        Paths in the index are relative to ``inputs/images`` (DeepProfiler's rule); an absolute local
+        path is accepted only inside ROOT and anything escaping (``../``) is refused. A full object-store
+        URL (``s3://...``, ``gs://...``) names an image where it lies, e.g. in the Cell Painting Gallery:
+        it is only ever read, and outputs still go under ROOT.
         """
-        return resolve_inside(self.images_dir, relative, self.root)
+        return remote_url(relative) or resolve_inside(self.images_dir, relative, self.root)
 
     def locations_file(self, plate: str, well: str, site: str) -> StoragePath:
         return resolve_inside(self.locations_dir, f"{plate}/{well}-{site}{LOCATIONS_SUFFIX}", self.root)
@@ -181,6 +183,14 @@ class ProjectLayout:
     def split_index_file(self, part: int) -> StoragePath:
         stem, ext = posixpath.splitext(self.index_file.name)
         return self.index_file.parent / f"{stem}-{part:03d}{ext or '.csv'}"
+
+
+def remote_url(text: str) -> StoragePath | None:
+    """``text`` as a path in an object store when it is a URL of one (``s3://``, ``gs://``), else None."""
+    if not isinstance(text, str) or "://" not in text:
+        return None
+    path = as_storage_path(text.strip())
+    return None if path.is_local else path
 
 
 def resolve_inside(folder: StoragePath, relative: str, root: StoragePath | None = None) -> StoragePath:

@@ -78,3 +78,19 @@ def check_reachable(path: StoragePath, timeout: float = PROBE_TIMEOUT_S) -> None
             f"cannot reach {what} at {host}:{port} for {path}: {cause}. Check the network (or the proxy "
             f"variables); for a local emulator set STORAGE_EMULATOR_HOST (gs://) or AWS_ENDPOINT_URL (s3://)"
         ) from error
+    if path.protocol in ("s3", "s3a"):
+        _check_bucket(path)
+
+
+def _check_bucket(path: StoragePath) -> None:
+    """An S3 bucket that does not exist, or that these credentials may not see, named in one line."""
+    bucket = path.url.split("://", 1)[1].split("/", 1)[0]
+    try:
+        path.fs.info(bucket)
+    except FileNotFoundError as error:
+        raise StoreUnreachable(f"{path}: the bucket s3://{bucket} does not exist at {_endpoint('s3')[0]}"
+                               ) from error
+    except PermissionError as error:
+        raise StoreUnreachable(f"{path}: access to s3://{bucket} denied ({error}); check the AWS credentials "
+                               f"(none found means unsigned requests, which only public buckets answer)") from error
+

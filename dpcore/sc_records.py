@@ -144,9 +144,44 @@ def dataset(files: Iterable[str], box_size: int, channels: int, compression: str
     """A ``tf.data.Dataset`` of parsed records, interleaving reads over the shard files."""
     tf = _tf()
     files = list(files)
-    records = tf.data.TFRecordDataset(files, compression_type=compression or None,
-                                      num_parallel_reads=min(parallel_reads, max(1, len(files))))
+    reader = file_reader(files, compression)
+    cycle = min(parallel_reads, max(1, len(files)))
+    records = tf.data.Dataset.from_tensor_slices(files).interleave(
+        reader, cycle_length=cycle, num_parallel_calls=cycle, deterministic=True)
     return records.map(lambda s: parse(s, box_size, channels), num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def file_reader(files: list[str], compression: str = "") -> Callable:
+    """``file tensor -> dataset of its serialized records`` for these shards (all in one store).
+
+    TensorFlow reads local and ``gs://`` shards itself; it has no S3 file system on this stack
+    (tensorflow-io cannot load under TF >= 2.20), so ``s3://`` shards are streamed through fsspec
+    by :func:`iter_records` in a ``from_generator`` (sequential reads of whole records).
+    """
+    tf = _tf()
+    if not files or StoragePath(files[0]).tensorflow_reads:
+        return lambda file: tf.data.TFRecordDataset(file, compression_type=compression or None)
+    signature = tf.TensorSpec((), tf.string)
+    return lambda file: tf.data.Dataset.from_generator(
+        lambda name: iter_records(StoragePath(name.decode()), compression), args=(file,), output_signature=signature)
+
+
+def iter_records(path: StoragePath, compression: str = "") -> Iterator[bytes]:
+    """The serialized records of a shard in order, read through fsspec (CRCs are not re-checked:
+    object stores verify transfers themselves)."""
+    with path.open("rb") as raw:
+        stream = gzip.GzipFile(fileobj=raw) if compression == "GZIP" else raw
+        while True:
+            header = stream.read(12)
+            if not header:
+                return
+            if len(header) < 12:
+                raise ValueError(f"{path}: truncated record header")
+            length = struct.unpack("<Q", header[:8])[0]
+            data = stream.read(length + 4)
+            if len(data) < length + 4:
+                raise ValueError(f"{path}: truncated record")
+            yield data[:length]
 
 
 def framed_size(serialized: bytes) -> int:

@@ -1,9 +1,15 @@
-"""One path abstraction for local folders and object stores (``gs://``).
+"""One path abstraction for local folders and object stores (``gs://``, ``s3://``).
 
 Every file the project reads or writes is named by a :class:`StoragePath`. It
 joins with ``/`` like :class:`pathlib.PurePosixPath` but keeps the URL scheme,
 and does its I/O through fsspec, so the same code serves a laptop folder and a
 bucket. Nothing else in the code base concatenates path strings.
+
+``s3://`` follows the AWS conventions users already have: credentials from the standard chain
+(environment, ``~/.aws``, instance roles), the endpoint from ``AWS_ENDPOINT_URL_S3`` or
+``AWS_ENDPOINT_URL`` (MinIO, Ceph, a local server), and, when the chain has no credentials at all,
+unsigned requests -- what ``aws s3 --no-sign-request`` does -- so public buckets such as the Cell
+Painting Gallery read without an account.
 
 Writes are atomic where the store allows it: locally we write a hidden
 temporary sibling and ``os.replace`` it into place; on object stores an object
@@ -13,6 +19,7 @@ only becomes visible once its upload completes, which gives the same guarantee.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import posixpath
@@ -26,6 +33,45 @@ import fsspec
 logger = logging.getLogger(__name__)
 
 _LOCAL_PROTOCOLS = ("file", "local")
+S3_PROTOCOLS = ("s3", "s3a")
+# Stores TensorFlow's own file system reads and writes (tf.data, tf.summary); others go through fsspec.
+TENSORFLOW_PROTOCOLS = ("", "gs")
+S3_ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+# What decides whether the standard chain finds credentials (the cache of that answer is keyed on them).
+_AWS_CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                             "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                             "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_WEB_IDENTITY_TOKEN_FILE")
+
+
+def s3_endpoint() -> str | None:
+    return next((os.environ[name] for name in S3_ENDPOINT_VARIABLES if os.environ.get(name)), None)
+
+
+def s3_options() -> dict:
+    """s3fs settings: the endpoint from the environment, ``anon`` when no credentials are found."""
+    credentials = tuple(os.environ.get(name) for name in _AWS_CREDENTIAL_VARIABLES)
+    return dict(_s3_options(s3_endpoint(), credentials))
+
+
+@functools.lru_cache(maxsize=8)
+def _s3_options(endpoint: str | None, credentials: tuple) -> tuple:
+    del credentials  # the cache key: a changed environment asks the chain again
+    options: dict = {}
+    if endpoint:
+        options["endpoint_url"] = endpoint
+    if not _aws_credentials_found():
+        logger.info("no AWS credentials found: s3:// is read with unsigned requests (public buckets only)")
+        options["anon"] = True
+    return tuple(sorted(options.items()))
+
+
+def _aws_credentials_found() -> bool:
+    import botocore.session  # noqa: PLC0415 -- installed with s3fs; needed only for s3:// paths
+
+    try:
+        return botocore.session.get_session().get_credentials() is not None
+    except Exception:  # noqa: BLE001 -- a broken profile is no credentials; the store will say what it denies
+        return False
 
 
 def _split_url(url: str) -> tuple[str, str]:
@@ -107,11 +153,29 @@ class StoragePath:
 
     # -------------------------------------------------------------------- I/O
     @property
+    def tensorflow_reads(self) -> bool:
+        """Whether TensorFlow's own file system reaches this path (it has no S3 without tensorflow-io)."""
+        return self.protocol in TENSORFLOW_PROTOCOLS
+
+    @property
     def fs(self) -> fsspec.AbstractFileSystem:
+        if self.protocol in S3_PROTOCOLS:
+            return fsspec.filesystem("s3", **s3_options())
         return fsspec.filesystem(self.protocol or "file")
 
+    @contextlib.contextmanager
+    def _named(self) -> Iterator[None]:
+        """An object store's refusal names the object: s3fs says only "Access Denied"."""
+        try:
+            yield
+        except PermissionError as error:
+            if self.url in str(error):
+                raise
+            raise PermissionError(f"{self.url}: access denied ({error})") from error
+
     def exists(self) -> bool:
-        return self.fs.exists(self.url)
+        with self._named():
+            return self.fs.exists(self.url)
 
     def is_dir(self) -> bool:
         return self.fs.isdir(self.url)
@@ -136,10 +200,11 @@ class StoragePath:
     def open(self, mode: str = "rb") -> IO:
         if "w" in mode and self.is_local:
             os.makedirs(os.path.dirname(self.url), exist_ok=True)
-        return self.fs.open(self.url, mode)
+        with self._named():
+            return self.fs.open(self.url, mode)
 
     def read_bytes(self) -> bytes:
-        with self.open("rb") as handle:
+        with self._named(), self.open("rb") as handle:
             return handle.read()
 
     def read_text(self, encoding: str = "utf-8") -> str:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,6 +120,7 @@ class Trainer:
             cells = info.cells(("training",)) if plan.online_labels else 1
             self.soft_labels = tf.Variable(tf.zeros((cells, plan.num_classes)), trainable=False, name="soft_labels")
         self.rows = []
+        self._summaries_staging: str | None = None
         self.plateau = PlateauController(plan.learning_rate)
         self.best_validation = float("inf")
         self._train_step = self._build_train_step()
@@ -253,8 +256,8 @@ class Trainer:
         (self.layout.logs_dir / "soft_labels" / f"{epoch:04d}.parquet").write_bytes(buffer.getvalue())
 
     def run(self, first_epoch: int) -> list[dict]:
-        tf, plan = self.tf, self.plan
-        writer = tf.summary.create_file_writer(self.layout.summaries_dir.url) if self.chief else None
+        plan = self.plan
+        writer = self._summary_writer() if self.chief else None
         batches = self._batches(first_epoch)
         if plan.online_labels and first_epoch == 1:
             self.soft_labels.assign(initial_soft_labels(self.training_labels(), plan.num_classes,
@@ -286,6 +289,13 @@ class Trainer:
         return self.rows
 
     # ----------------------------------------------------------- outputs
+    def _summary_writer(self):
+        """TensorBoard's writer: straight to ``summaries/`` where TensorFlow can write (local, gs://),
+        else to a local folder whose event files are uploaded after each epoch."""
+        target = self.layout.summaries_dir
+        self._summaries_staging = None if target.tensorflow_reads else tempfile.mkdtemp(prefix="dpbeam-summaries-")
+        return self.tf.summary.create_file_writer(self._summaries_staging or target.url)
+
     def _publish(self, epoch: int, row: dict, improved: bool, writer) -> None:
         layout = self.layout
         if self.plan.saves_checkpoint(epoch, improved):
@@ -300,6 +310,10 @@ class Trainer:
                 if key != "epoch":
                     self.tf.summary.scalar(key, value, step=epoch)
         writer.flush()
+        if self._summaries_staging:  # TensorFlow cannot write there (s3://): upload the event files
+            for name in os.listdir(self._summaries_staging):
+                with open(os.path.join(self._summaries_staging, name), "rb") as events:
+                    (self.layout.summaries_dir / name).write_bytes(events.read())
         self.save_backup(epoch)
 
     def save_backup(self, epoch: int) -> None:

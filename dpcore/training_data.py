@@ -92,7 +92,7 @@ class ExportInfo:
             if record.exists():
                 first += int(sc_export.ShardRecord.from_json(record.read_text()).cells)
             else:
-                dataset = tf.data.TFRecordDataset(file, compression_type=self.compression or None)
+                dataset = sc_records.file_reader([file], self.compression)(tf.constant(file))
                 first += int(dataset.reduce(np.int64(0), lambda n, _: n + 1).numpy())
         return rows
 
@@ -169,9 +169,9 @@ def numbered_records(files: list[str], first_rows: list[int], compression: str, 
     if order_seed is not None:
         shards = shards.shuffle(len(files), seed=order_seed)
     cycle = max(1, min(workers, len(files)))
+    reader = sc_records.file_reader(files, compression)
     return shards.interleave(
-        lambda file, first: tf.data.TFRecordDataset(file, compression_type=compression or None).enumerate().map(
-            lambda position, serialized: (first + position, serialized)),
+        lambda file, first: reader(file).enumerate().map(lambda position, serialized: (first + position, serialized)),
         cycle_length=cycle, num_parallel_calls=cycle, deterministic=True)
 
 

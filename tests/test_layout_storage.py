@@ -48,11 +48,19 @@ def test_metadata_option_and_config_name_resolution(tmp_path):
     assert str(layout.config_file("/abs/c.json")) == "/abs/c.json"
 
 
-@pytest.mark.parametrize("relative", ["../secret.tif", "w1/../../x.tif", "/etc/passwd", "gs://other/x.tif", ""])
+@pytest.mark.parametrize("relative", ["../secret.tif", "w1/../../x.tif", "/etc/passwd", "file:///etc/passwd", ""])
 def test_paths_escaping_the_images_folder_are_refused(tmp_path, relative):
     layout = ProjectLayout.create(tmp_path)
     with pytest.raises(UnsafePathError):
         layout.image_file(relative)
+
+
+def test_object_store_urls_name_images_where_they_lie(tmp_path):
+    # The Cell Painting Gallery's images are read in place (issue #14); outputs stay under ROOT.
+    layout = ProjectLayout.create(tmp_path)
+    url = "s3://cellpainting-gallery/cpg0016-jump/source_4/images/B1/images/P1/r01c01f01p01-ch1sk1fk1fl1.tiff"
+    assert str(layout.image_file(url)) == url
+    assert str(layout.image_file("gs://other/x.tif")) == "gs://other/x.tif"
 
 
 def test_absolute_paths_inside_root_are_accepted(tmp_path):
