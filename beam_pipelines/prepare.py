@@ -27,12 +27,14 @@ import io
 import json
 import logging
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import Iterable, Iterator
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.transforms.window import GlobalWindows
 
 from dpcore.charts import illumination_functions
 from dpcore.compression import compress_channel, control_histogram
@@ -166,23 +168,70 @@ class ClearPlateOutputs(beam.DoFn):
 
 # ---------------------------------------------------------------- statistics
 class ReadSiteContribution(beam.DoFn):
-    """Read a site's channels and reduce them at once to its statistics contribution."""
+    """Read a site's channels and reduce them at once to its statistics contribution.
+
+    Images in an object store are read ahead: up to ``PREFETCH`` sites of a bundle are fetched at once
+    (each site's channels concurrently too, see ``dpcore.sites``), so a worker is not idle for each
+    request's latency; their outputs still come in the bundle's order. Local images are read in turn.
+    """
+
+    PREFETCH = 4
 
     def __init__(self, settings: PrepareSettings):
         self.settings = settings
 
+    def setup(self) -> None:
+        self._pool = ThreadPoolExecutor(self.PREFETCH, thread_name_prefix="dpbeam-prefetch")
+
+    def teardown(self) -> None:
+        self._pool.shutdown(wait=False)
+
+    def start_bundle(self) -> None:
+        self._pending: deque = deque()
+
     def process(self, site: Site, cleared_plates: list | None = None) -> Iterator:
         del cleared_plates  # only orders this step after the clearing of earlier outputs
+        try:
+            remote = not raw_image_paths(self.settings.layout, site)[0].is_local
+        except UnsafePathError:
+            remote = False  # reported by _read, in order
+        if not remote:
+            while self._pending:
+                yield from self._outputs(self._pending.popleft().result())
+            yield from self._outputs(self._read(site))
+            return
+        self._pending.append(self._pool.submit(self._read, site))
+        while len(self._pending) > self.PREFETCH:
+            yield from self._outputs(self._pending.popleft().result())
+
+    def finish_bundle(self) -> Iterator:
+        while self._pending:
+            for output in self._outputs(self._pending.popleft().result()):  # outside process(): windowed
+                if isinstance(output, beam.pvalue.TaggedOutput):
+                    yield beam.pvalue.TaggedOutput(output.tag, GlobalWindows.windowed_value(output.value))
+                else:
+                    yield GlobalWindows.windowed_value(output)
+
+    def _read(self, site: Site) -> tuple:
+        """("ok", plate, contribution, images) or ("failed", record): no Beam call, so any thread may run it."""
         s = self.settings
         try:
             paths = raw_image_paths(s.layout, site)
             stack = read_stack(paths, (s.height, s.width))
         except (ImageReadError, UnsafePathError) as error:
+            return "failed", failure("statistics", site.key, str(error))
+        return "ok", site.plate, site_contribution(stack, s.bits, s.down_scale_factor, source=str(paths[0])), len(paths)
+
+    @staticmethod
+    def _outputs(result: tuple) -> Iterator:
+        """The outputs and counters of one site's read, in the DoFn's own thread (Beam's metrics need it)."""
+        if result[0] == "failed":
             inc_counter(NAMESPACE, "sites_failed")
-            yield beam.pvalue.TaggedOutput("failed", failure("statistics", site.key, str(error)))
+            yield beam.pvalue.TaggedOutput("failed", result[1])
         else:
-            inc_counter(NAMESPACE, "images_read", len(paths))
-            yield site.plate, site_contribution(stack, s.bits, s.down_scale_factor, source=str(paths[0]))
+            _, plate, contribution, images = result
+            inc_counter(NAMESPACE, "images_read", images)
+            yield plate, contribution
 
 
 class PlateIlluminationCombineFn(beam.CombineFn):

@@ -99,6 +99,7 @@ def test_a_gallery_plate_is_profiled_in_place_and_matches_local_files(s3, tmp_pa
     code, text = run_cli("--root", remote.url, "--config", "gallery.json", "validate", "--commands", "prepare")
     assert code == 0 and "config ready for: prepare" in text, text
     assert "illumination functions: CellProfiler" in prepared
+    assert "images read for statistics: 30;" in prepared  # counted for sites read ahead in other threads too
     manifest = json.loads((remote / f"outputs/intensities/{PLATE}/prepare.json").read_text())
     assert manifest["cellprofiler_functions"]["Mito"].endswith(f"illum/{PLATE}/{PLATE}_IllumMito.npy")
     assert manifest["settings"]["functions"] == "cellprofiler"
