@@ -128,9 +128,14 @@ def classifier(name: str, input_shape: tuple[int, int, int], num_classes: int, c
     a vector, as the cnn's ``features``) and the softmax ``ClassProb``."""
     base = backbone(name, input_shape, conv_blocks, feature_dim)
     if regularize:
-        for layer in base.layers:
-            if hasattr(layer, "kernel_regularizer"):
-                layer.kernel_regularizer = keras.regularizers.L2(L2_KERNEL_REGULARIZATION)
+        # A regularizer set on a built layer is never applied (Keras creates the penalty when it builds
+        # the layer): set it in each layer's config and rebuild, as DeepProfiler rebuilds its model from JSON.
+        def with_l2(layer):
+            config = layer.get_config()
+            if "kernel_regularizer" in config:
+                config["kernel_regularizer"] = keras.regularizers.L2(L2_KERNEL_REGULARIZATION)
+            return layer.__class__.from_config(config)
+        base = keras.models.clone_model(base, clone_function=with_l2)
     features = base.output
     if len(features.shape) == 4:
         features = keras.layers.GlobalAveragePooling2D(name=FEATURE_POOL)(features)

@@ -402,3 +402,15 @@ def test_traintf2_with_cores_trains(synthetic):
     code, text = run_cli("--root", str(synthetic), "--config", config, "--cores", "1", "traintf2", "--seed", "7")
     assert code == 0 and "train: cnn (conv_blocks 3)" in text, text
     assert list(log(synthetic)["epoch"]) == [1]
+
+
+def test_l2_reaches_every_kernel_of_the_sgd_models():
+    # DeepProfiler's recipe: L2 1e-5 on every kernel (it rebuilds its model from JSON after setting them).
+    # A regularizer set on an already built Keras layer would be ignored: count the penalties.
+    model = models.classifier("efficientnet", (32, 32, 3), 3, 0, regularize=True)
+    kernels = [layer for layer in model.layers if "kernel_regularizer" in layer.get_config()]
+    assert len(kernels) > 60 and len(model.losses) == len(kernels)
+    conv = model.get_layer("stem_conv")
+    expected = 1e-5 * float(np.sum(np.square(np.asarray(conv.kernel))))
+    assert any(abs(float(loss) - expected) < 1e-9 for loss in model.losses)
+    assert not models.classifier("cnn", (32, 32, 3), 3, 3).losses  # the cnn trains with Adam, no L2
