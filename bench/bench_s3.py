@@ -33,6 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from dpcore.training_data import cells_per_epoch  # noqa: E402
 from tests.gallery_fixtures import BATCH, PLATE, build_gallery, project_files  # noqa: E402
 
 BUCKET_GALLERY = "s3://gallery/cpg0000-test/broad"
@@ -131,9 +132,9 @@ def main() -> None:
                 for where, root in roots.items():
                     seconds = dpbeam("--root", root, "--config", "train.json", "train", "--seed", "1")
                     train[where] = min(train.get(where, float("inf")), seconds)
-            counts = [n for n in manifest["counts_per_split_label"]["training"].values() if n]
-            drawn = 2 * len(counts) * int(sorted(counts)[len(counts) // 2] if len(counts) % 2 else
-                                          sum(sorted(counts)[len(counts) // 2 - 1:len(counts) // 2 + 1]) / 2)
+            per_label = manifest["counts_per_split_label"]["training"]
+            # The crops train draws: 2 epochs of the balanced sample, computed as train computes it.
+            drawn = 2 * cells_per_epoch(dict(enumerate(per_label.values())), len(per_label), 1.0)
             results["train_crops_per_s"] = {where: drawn / s for where, s in train.items()}
             results["training_cells"] = cells
     finally:

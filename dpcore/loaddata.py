@@ -144,8 +144,9 @@ def join_platemaps(index: pd.DataFrame, platemaps: Sequence[Platemap]) -> tuple[
     for platemap in platemaps:
         missing = [c for c in platemap.join if c not in index.columns]
         if missing:
+            present = ", ".join(c for c in index.columns if c != LINE)
             raise LoadDataError(f"--join {' '.join(platemap.join)} for {platemap.source}: the rows have no "
-                                f"column {', '.join(missing)} (they have {', '.join(c for c in index.columns if c != LINE)})")
+                                f"column {', '.join(missing)} (they have {present})")
         left = index.copy()
         right = platemap.frame.copy()
         for column in platemap.join:  # plate "1" and plate 1 are the same plate
