@@ -233,6 +233,31 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
     _dry_run_argument(parser)
 
 
+def _locate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--from-cellprofiler", action="append", default=[], metavar="OBJECTS",
+                        help="import nuclei from CellProfiler's object table instead of segmenting: Nuclei.csv "
+                             "(ExportToSpreadsheet), a SQLite file (ExportToDatabase, table Per_<object>) or "
+                             "Parquet; local or in a bucket; repeat for several plates")
+    parser.add_argument("--image-table", action="append", default=[], metavar="IMAGE",
+                        help="the per-image table of each --from-cellprofiler, in the same order (default: "
+                             "Image.csv / Image.parquet beside it, or Per_Image in the SQLite file)")
+    parser.add_argument("--object-name", default="Nuclei",
+                        help="CellProfiler's object name (default Nuclei): the table Per_<name>, column prefix <name>_")
+    parser.add_argument("--x-column", default=None, help="the objects' x (column) centre "
+                                                         "(default: Location_Center_X, with or without the prefix)")
+    parser.add_argument("--y-column", default=None, help="the objects' y (row) centre (default: Location_Center_Y)")
+    parser.add_argument("--match-by", choices=("auto", "metadata", "filename"), default="auto",
+                        help="how an image row names its site: Metadata_Plate/Well/Site, or its FileName_<image> "
+                             "matched to the index's file names (auto: metadata when the columns are there)")
+    parser.add_argument("--image-name", default=None,
+                        help="CellProfiler image name of the nucleus channel for --match-by filename "
+                             "(default Orig<channel>, e.g. OrigDNA)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing locations (locate's own, other settings', or anyone's)")
+    _detach_argument(parser)
+    _dry_run_argument(parser)
+
+
 def _acceleration_arguments(parser: argparse.ArgumentParser, batch_key: str) -> None:
     """Options for a GPU (or TPU) run: they change speed, not the model (see dpcore.acceleration)."""
     parser.add_argument("--batch-size", type=int, default=None, metavar="N",
@@ -291,6 +316,13 @@ COMMANDS: tuple[CommandSpec, ...] = (
                 "columns joined from platemaps. Rows with a missing image or no platemap match are listed by "
                 "CSV line in <index>-rejected.jsonl and left out (exit status 1).",
                 _import_loaddata_arguments, _run_import_loaddata),
+    CommandSpec("locate", "nuclei locations for every site: segmented, or imported from CellProfiler (Beam pipeline)",
+                "Write inputs/locations/<plate>/<well>-<site>-Nuclei.csv for every site of the index: nuclei found "
+                "in the nucleus channel (the locate config section; after prepare's illumination correction "
+                "when the plate has it), or CellProfiler's objects with --from-cellprofiler. Counts per site "
+                "and a QC picture per plate go to outputs/locate/<plate>/. Existing locations are never "
+                "replaced without --overwrite; an interrupted run is resumed.",
+                _locate_arguments, _pipeline("locate"), uses_beam=True),
     CommandSpec("prepare", "illumination statistics and compressed PNGs (Beam pipeline)",
                 "Compute per-plate illumination statistics and correction functions, and write "
                 "illumination-corrected 8-bit PNGs when prepare.compression.implement is true.",

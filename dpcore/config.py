@@ -34,6 +34,8 @@ BITS = (8, 16)
 VALIDATION_FRAMES = ("all", "train", "val")
 INITIALIZATIONS = ("random", "imagenet")
 ILLUMINATION_FUNCTIONS = ("deepprofiler", "cellprofiler")
+THRESHOLD_METHODS = ("otsu", "li", "triangle", "yen")  # dpcore.segmentation.THRESHOLD_METHODS
+SIZE_UNITS = ("px", "um")
 # DeepProfiler's two metric plugins and the Keras metric names it passes to ``model.compile`` as they are.
 PLUGIN_METRICS = ("top_k", "average_class_precision")
 KERAS_METRICS = ("accuracy", "binary_accuracy", "categorical_accuracy", "sparse_categorical_accuracy",
@@ -67,6 +69,7 @@ PATH_KEYS = (
 # Keys each command needs beyond those with defaults.
 REQUIRED_KEYS: Mapping[str, tuple[str, ...]] = {
     "import-loaddata": ("dataset.images.channels",),
+    "locate": ("dataset.images.channels", "dataset.images.width", "dataset.images.height"),
     "validate": ("dataset.images.channels", "dataset.images.width", "dataset.images.height"),
     "prepare": ("dataset.images.channels", "dataset.images.width", "dataset.images.height"),
     "export-sc": (
@@ -152,6 +155,34 @@ class CompressionConfig:
 class PrepareConfig:
     illumination_correction: IlluminationConfig = field(default_factory=IlluminationConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
+
+
+@dataclass(frozen=True)
+class LocateConfig:
+    """``locate``: how nuclei are found when a screen has no locations (dpbeam's; not in the reference).
+
+    Sizes are nuclear diameters in ``size_unit``: pixels, or µm converted with ``pixel_size`` (µm per
+    pixel). The defaults suit 20x Cell Painting images (BBBC022: nuclei ~15-25 px across); set them in
+    µm with the pixel size to use one config at 10x and 40x.
+    """
+
+    channel: str | None = None  # default: the config channel named DNA (or Hoechst, DAPI), else the first
+    use_illumination: bool = True  # divide by prepare's illumination function when the plate has one
+    threshold: str = "otsu"
+    threshold_correction: float = 1.0
+    smoothing_sigma: float | None = None  # in size_unit; default min_diameter / 3.5
+    min_diameter: float = 8.0
+    max_diameter: float = 80.0
+    size_unit: str = "px"
+    pixel_size: float | None = None
+    split_touching: bool = True
+    declump_ratio: float = 0.8
+    exclude_border: bool = False
+    qc_sites: int = 4
+
+    @property
+    def pixels_per_unit(self) -> float:
+        return 1.0 / self.pixel_size if self.size_unit == "um" and self.pixel_size else 1.0
 
 
 @dataclass(frozen=True)
@@ -242,6 +273,7 @@ class Config:
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    locate: LocateConfig = field(default_factory=LocateConfig)
     paths: Mapping[str, str] = field(default_factory=dict)
     source: str = "<memory>"
     fingerprint: str = ""
@@ -463,6 +495,28 @@ def _read_prepare(r: _Reader) -> PrepareConfig:
     return PrepareConfig(illumination_correction=illumination, compression=compression)
 
 
+def _read_locate(r: _Reader) -> LocateConfig:
+    positive = _number(minimum=0.0, exclusive_minimum=True)
+    locate = LocateConfig(
+        channel=r.value("channel", _string, "a channel name from dataset.images.channels"),
+        use_illumination=r.value("use_illumination", _boolean, "true or false", True),
+        threshold=r.value("threshold", _choice(THRESHOLD_METHODS), _one_of(THRESHOLD_METHODS), "otsu"),
+        threshold_correction=r.value("threshold_correction", positive, "a positive number", 1.0),
+        smoothing_sigma=r.value("smoothing_sigma", _number(minimum=0.0), "a number >= 0"),
+        min_diameter=r.value("min_diameter", positive, "a positive number", 8.0),
+        max_diameter=r.value("max_diameter", positive, "a positive number", 80.0),
+        size_unit=r.value("size_unit", _choice(SIZE_UNITS), _one_of(SIZE_UNITS), "px"),
+        pixel_size=r.value("pixel_size", positive, "a positive number (micrometres per pixel)"),
+        split_touching=r.value("split_touching", _boolean, "true or false", True),
+        declump_ratio=r.value("declump_ratio", _number(minimum=0.0, maximum=1.0, exclusive_minimum=True),
+                              "a number in (0, 1]", 0.8),
+        exclude_border=r.value("exclude_border", _boolean, "true or false", False),
+        qc_sites=r.value("qc_sites", _integer(minimum=0), "an integer >= 0", 4),
+    )
+    r.finish()
+    return locate
+
+
 def _checkpoint_name(value: Any) -> str | None:
     name = _string(value)
     return None if name.strip().lower() == "none" else name
@@ -608,6 +662,7 @@ def parse_config(data: Any, source: str = "<memory>") -> Config:
         prepare=_read_prepare(top.section("prepare")),
         profile=_read_profile(top.section("profile")),
         train=_read_train(top.section("train")),
+        locate=_read_locate(top.section("locate")),
         paths=_read_paths(top.section("paths")),
         source=source,
         fingerprint=fingerprint(data),
@@ -635,6 +690,15 @@ def _cross_checks(config: Config, problems: list[str]) -> None:
                 f"({images.width}x{images.height}) in full_image mode")
     if loc.mask_objects and loc.mode == "full_image":
         problems.append("dataset.locations.mask_objects needs mode \"single_cells\" (outlines belong to cells)")
+    locate = config.locate
+    if locate.min_diameter >= locate.max_diameter:
+        problems.append(f"locate.min_diameter ({locate.min_diameter:g}) must be below locate.max_diameter "
+                        f"({locate.max_diameter:g})")
+    if locate.size_unit == "um" and locate.pixel_size is None:
+        problems.append('locate.size_unit "um" needs locate.pixel_size (micrometres per pixel, e.g. 0.656 at 20x)')
+    if locate.channel is not None and config.channels and locate.channel not in config.channels:
+        problems.append(f"locate.channel {locate.channel!r} is not one of dataset.images.channels "
+                        f"({', '.join(config.channels)})")
     partition = config.train.partition
     if partition.training and partition.validation:
         overlap = sorted(set(partition.training) & set(partition.validation))
