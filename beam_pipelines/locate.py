@@ -132,6 +132,15 @@ def _result(site: Site, count: int, settings: LocateSettings) -> tuple[str, tupl
     return site.plate, (site.well, site.site, count, site.channel_files[settings.channel_index])
 
 
+def _kept(site: Site, target: StoragePath, settings: LocateSettings) -> list | None:
+    """The result of a site a resumed plate already has, or None when the site is to be written."""
+    count = None if site.plate in settings.fresh_plates else committed_count(target)
+    if count is None:
+        return None
+    inc_counter(NAMESPACE, "sites_kept")
+    return [_result(site, count, settings)]
+
+
 def committed_count(target: StoragePath) -> int | None:
     """The nuclei of a site a resumed plate already has (written whole by this method), or None."""
     try:
@@ -154,10 +163,8 @@ class LocateSite(beam.DoFn):
         s = self.settings
         try:
             target = s.target(site)
-            kept = None if site.plate in s.fresh_plates else committed_count(target)
-            if kept is not None:
-                inc_counter(NAMESPACE, "sites_kept")
-                return [_result(site, kept, s)]
+            if (kept := _kept(site, target, s)) is not None:
+                return kept
             image = read_image(s.layout.image_file(site.channel_files[s.channel_index]), (s.height, s.width))
             nuclei = segment(image, self._function(site.plate), s.finder)
             target.write_text(locations_csv(nuclei.centres))  # the site is committed here
@@ -316,10 +323,8 @@ class WriteImportedSite(beam.DoFn):
         site, s = grouped["site"][0], self.settings
         try:
             target = s.target(site)
-            kept = None if site.plate in s.fresh_plates else committed_count(target)
-            if kept is not None:
-                inc_counter(NAMESPACE, "sites_kept")
-                return [_result(site, kept, s)]
+            if (kept := _kept(site, target, s)) is not None:
+                return kept
             chunks = grouped["objects"]
             numbers = np.concatenate([n for n, _ in chunks]) if chunks else np.zeros(0)
             centres = np.concatenate([c for _, c in chunks]) if chunks else np.zeros((0, 2))
