@@ -246,6 +246,9 @@ def _locate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--x-column", default=None, help="the objects' x (column) centre "
                                                          "(default: Location_Center_X, with or without the prefix)")
     parser.add_argument("--y-column", default=None, help="the objects' y (row) centre (default: Location_Center_Y)")
+    parser.add_argument("--image-key", action="append", default=[], metavar="COLUMN",
+                        help="a column both tables share that names an object's image (repeat for several; default: "
+                             "ImageNumber, with TableNumber when both tables have it)")
     parser.add_argument("--match-by", choices=("auto", "metadata", "filename"), default="auto",
                         help="how an image row names its site: Metadata_Plate/Well/Site, or its FileName_<image> "
                              "matched to the index's file names (auto: metadata when the columns are there)")

@@ -446,7 +446,7 @@ def import_sources(args: argparse.Namespace, config: Config) -> tuple[tuple[Tabl
             source = cp.object_source(url, args.object_name)
             images = cp.image_source(source, tables[number] if tables else None)
             object_cols, image_cols = cp.table_columns(source), cp.table_columns(images)
-            keys = cp.shared_image_keys(object_cols, image_cols, source)
+            keys = cp.shared_image_keys(object_cols, image_cols, source, args.image_key)
             pair = TablePair(number, source, cp.object_columns(source, object_cols, args.object_name, keys,
                                                                args.x_column, args.y_column),
                              images, cp.image_columns(images, image_cols, keys, args.match_by, image_name))
@@ -463,6 +463,7 @@ def import_sources(args: argparse.Namespace, config: Config) -> tuple[tuple[Tabl
 def import_record(pairs: tuple[TablePair, ...], by_file_name: bool) -> dict:
     return {"method": "cellprofiler", "match": "filename" if by_file_name else "metadata",
             "objects": [str(p.objects) for p in pairs], "images": [str(p.images) for p in pairs],
+            "image_keys": [list(p.object_columns.image_keys) for p in pairs],
             "x": [p.object_columns.x for p in pairs], "y": [p.object_columns.y for p in pairs]}
 
 

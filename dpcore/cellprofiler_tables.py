@@ -138,8 +138,16 @@ def object_columns(source: TableSource, columns: Sequence[str], object_name: str
     return ObjectColumns(image_keys, number, pick(x, "X"), pick(y, "Y"))
 
 
-def shared_image_keys(object_columns_: Sequence[str], image_columns_: Sequence[str], source: TableSource) -> tuple:
-    """``ImageNumber`` (and ``TableNumber`` when both tables have it): how objects name their image."""
+def shared_image_keys(object_columns_: Sequence[str], image_columns_: Sequence[str], source: TableSource,
+                      given: Sequence[str] = ()) -> tuple:
+    """How objects name their image: ``given`` columns, else ``ImageNumber`` (and ``TableNumber`` when both
+    tables have it)."""
+    if given:
+        missing = [key for key in given if key not in object_columns_ or key not in image_columns_]
+        if missing:
+            raise TableError(f"{source}: image key column(s) {', '.join(missing)} must be in both the object and "
+                             f"the image table")
+        return tuple(given)
     keys = tuple(key for key in IMAGE_KEY_COLUMNS if key in object_columns_ and key in image_columns_)
     if "ImageNumber" not in keys:
         raise TableError(f"{source}: objects and images must both have an ImageNumber column")

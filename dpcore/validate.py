@@ -130,6 +130,9 @@ def validate_project(layout: ProjectLayout, config: Config,
     report.counts["sites_with_locations"] = with_locations
     if not single_cells:
         report.notes.append("dataset.locations.mode is full_image: locations files are not used")
+    elif with_locations < len(sites):
+        report.notes.append(f"{len(sites) - with_locations} site(s) without a usable locations file: `dpbeam locate` "
+                            f"finds the nuclei (or imports CellProfiler's with --from-cellprofiler)")
     return report
 
 

@@ -154,6 +154,12 @@ def test_locate_then_export_completes_the_chain_on_a_project_without_locations(p
     assert sum(manifest["counts"].values()) == nuclei  # every nucleus found is a cell exported
 
 
+def test_validate_points_a_project_without_locations_to_locate(project):
+    _without_locations(project)
+    code, text = run_cli("--root", str(project), "--config", "bbbc022.json", "validate", "--commands", "prepare")
+    assert code == 1 and "12 site(s) without a usable locations file: `dpbeam locate` finds the nuclei" in text
+
+
 def test_locate_never_replaces_locations_silently_and_resumes_its_own(project, tmp_path):
     root = str(project)
     original = (project / LOCATIONS / "A01-1-Nuclei.csv").read_bytes()
@@ -269,6 +275,7 @@ def test_import_from_cellprofiler_tables(project, example_root, backend, tmp_pat
         source = tmp_path / "Nuclei.csv"
         objects.to_csv(source, index=False)
         images.to_csv(tmp_path / "Image.csv", index=False)
+        extra = ["--image-key", "ImageNumber"]
     elif backend == "sqlite":  # ExportToDatabase + cytominer-database: prefixed columns and a TableNumber
         source = tmp_path / "plate.sqlite"
         with sqlite3.connect(source) as connection:
@@ -303,3 +310,6 @@ def test_import_names_a_missing_column(project, tmp_path):
     code, text = run_cli("--root", str(project), "--config", "bbbc022.json", "locate", "--overwrite",
                          "--from-cellprofiler", str(tmp_path / "Nuclei.csv"))
     assert code != 0 and "Nuclei.csv: no Location_Center_X column" in text
+    code, text = run_cli("--root", str(project), "--config", "bbbc022.json", "locate", "--overwrite",
+                         "--from-cellprofiler", str(tmp_path / "Nuclei.csv"), "--image-key", "Plate_Image")
+    assert code != 0 and "image key column(s) Plate_Image must be in both" in text
