@@ -30,6 +30,11 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.8",  # training curves, illumination and montage pictures with real axes, ticks, colour bars
     "google-crc32c>=1.5",  # TFRecord framing in export-sc without importing TensorFlow (Google's C CRC-32C)
     "isal>=1.6",  # deflate for prepare's PNGs: Intel ISA-L, ~10x Pillow's PNG encoder at the same size
+    # The field's own libraries for the steps after profiling (aggregate, evaluate): pycytominer's
+    # normalize / feature_select / consensus and copairs' mAP are what Cell Painting papers report, so
+    # dpbeam calls them rather than re-deriving their definitions.
+    "pycytominer>=1.7",
+    "copairs>=0.5",
 ]
 
 EXTRAS_REQUIRE = {

@@ -179,6 +179,84 @@ def _run_import_loaddata(context: CommandContext, args: argparse.Namespace, emit
     return report_failures(records, rejected_file, emit)
 
 
+# ---------------------------------------------------------------- evaluate
+def _run_evaluate(context: CommandContext, args: argparse.Namespace, emit: Emit) -> int:
+    from dpcore import evaluation  # noqa: PLC0415 -- copairs and pandas only when the command runs
+    from dpcore.report import evaluation_dir, profiles_dir  # noqa: PLC0415
+
+    import pandas as pd  # noqa: PLC0415
+
+    config = context.load_config("evaluate")
+    context = context.with_config_paths(config)
+    e, metadata = config.evaluate, config.dataset.metadata
+    level = e.level or config.aggregate.level
+    source = profiles_dir(context.layout) / f"{level}_normalized_feature_select.parquet"
+    if not source.exists():
+        raise UsageError(f"{source} does not exist: run aggregate (with aggregate.level {level!r}) first")
+    if not metadata.label_field or metadata.control_value is None:
+        raise UsageError("evaluate needs dataset.metadata.label_field and control_value (the treatments and the "
+                         "controls they are ranked against)")
+    label = metadata.label_field if metadata.label_field.startswith("Metadata_") else f"Metadata_{metadata.label_field}"
+    with source.open("rb") as handle:
+        profiles = pd.read_parquet(handle)
+    out = evaluation_dir(context.layout)
+    manifest = out / "_manifest.json"
+    manifest.remove()  # written last: an earlier run's must not pass for this one's
+    emit(f"evaluate: {len(profiles)} {level} profile(s) from {source}; null size {e.null_size}, seed {e.seed}")
+    try:
+        activity = evaluation.phenotypic_activity(profiles, label, metadata.control_value, e.null_size, e.threshold,
+                                                  e.seed, e.distance)
+    except evaluation.EvaluationError as error:
+        raise UsageError(f"phenotypic activity: {error}") from None
+    out.joinpath("phenotypic_activity.parquet").write_bytes(evaluation.to_parquet(activity))
+    out.joinpath("phenotypic_activity.png").write_bytes(evaluation.map_plot(
+        activity, label, f"phenotypic activity of {len(activity)} treatment(s) against {metadata.control_value}",
+        e.threshold))
+    active = int(activity["below_corrected_p"].sum())
+    emit(f"phenotypic activity: {active} of {len(activity)} treatment(s) distinguishable from "
+         f"{metadata.control_value} (corrected p < {e.threshold:g}); mean mAP {activity['mean_average_precision'].mean():.3f}")
+    summary = {"level": level, "source": str(source), "null_size": e.null_size, "threshold": e.threshold,
+               "seed": e.seed, "distance": e.distance, "phenotypic_activity": {"treatments": len(activity),
+                                                                                "active": active}}
+    if e.annotation_column:
+        treatments_file = profiles_dir(context.layout) / "treatments.parquet"
+        with treatments_file.open("rb") as handle:
+            treatments = pd.read_parquet(handle)
+        try:
+            consistent = evaluation.consistency(treatments, e.annotation_column, label, metadata.control_value,
+                                                e.null_size, e.threshold, e.seed, e.distance)
+        except evaluation.EvaluationError as error:
+            raise UsageError(f"consistency: {error}") from None
+        out.joinpath("consistency.parquet").write_bytes(evaluation.to_parquet(consistent))
+        out.joinpath("consistency.png").write_bytes(evaluation.map_plot(
+            consistent, e.annotation_column, f"consistency of {e.annotation_column}", e.threshold))
+        summary["consistency"] = {"annotations": len(consistent),
+                                  "consistent": int(consistent["below_corrected_p"].sum())}
+        emit(f"consistency: {summary['consistency']['consistent']} of {len(consistent)} {e.annotation_column} "
+             f"value(s) consistent (corrected p < {e.threshold:g})")
+    else:
+        for stale in ("consistency.parquet", "consistency.png"):
+            out.joinpath(stale).remove()
+    manifest.write_text(json.dumps(summary, indent=2, sort_keys=True))
+    emit(f"outputs: {out}")
+    return 0
+
+
+# ------------------------------------------------------------------ report
+def _run_report(context: CommandContext, args: argparse.Namespace, emit: Emit) -> int:
+    from dpcore.report import build_report, report_file  # noqa: PLC0415 -- matplotlib only when it runs
+
+    config = context.load_config("report")
+    context = context.with_config_paths(config)
+    page, missing = build_report(context.layout, config)
+    target = report_file(context.layout)
+    target.write_text(page)  # atomic: a reader never sees half a page
+    emit(f"wrote {target} ({len(page) // 1024} KiB, self-contained)")
+    if missing:
+        emit(f"sections without data yet: {', '.join(missing)} (the page says what to run)")
+    return 0
+
+
 # --------------------------------------------------------- pipeline commands
 def _pipeline(module: str) -> Callable[[CommandContext, argparse.Namespace, Emit], int]:
     """Run ``beam_pipelines.<module>.run_command``, importing Beam only now."""
@@ -257,6 +335,11 @@ def _locate_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default Orig<channel>, e.g. OrigDNA)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace existing locations (locate's own, other settings', or anyone's)")
+    _detach_argument(parser)
+    _dry_run_argument(parser)
+
+
+def _aggregate_arguments(parser: argparse.ArgumentParser) -> None:
     _detach_argument(parser)
     _dry_run_argument(parser)
 
@@ -351,6 +434,24 @@ COMMANDS: tuple[CommandSpec, ...] = (
                 "site under outputs/<exp>/features/<plate>/ (Metadata_ columns + <model>_<i> features), "
                 "_manifest.json and a run record in _runs/. Sites already written are skipped unless --overwrite.",
                 _profile_arguments, _pipeline("profile"), uses_beam=True),
+    CommandSpec("aggregate", "per-cell features to well profiles: normalized, feature-selected (Beam pipeline)",
+                "Reduce the per-cell features of outputs/<exp>/features/ to one row per group (aggregate.level, "
+                "default wells: exact median per Metadata_Plate, Metadata_Well) in a Beam pipeline, then "
+                "normalize per plate against the controls, select features and take each treatment's "
+                "consensus with pycytominer. Writes outputs/<exp>/profiles/<level>.parquet, "
+                "<level>_normalized.parquet, <level>_normalized_feature_select.parquet, treatments.parquet and "
+                "_manifest.json (last).",
+                _aggregate_arguments, _pipeline("aggregate"), uses_beam=True),
+    CommandSpec("evaluate", "mean average precision of the profiles with copairs: activity, consistency",
+                "Rank each treatment's replicate profiles against the controls (phenotypic activity) and, "
+                "with evaluate.annotation_column, treatments by shared annotation (consistency), with copairs; "
+                "writes outputs/<exp>/evaluation/ (one Parquet per analysis, copairs' columns, and a plot of "
+                "mAP against -log10 p).", _no_arguments, _run_evaluate),
+    CommandSpec("report", "one self-contained HTML page of the run: plate maps, pictures, profiles, mAP",
+                "Write outputs/<exp>/report/index.html: cells per well and failures as plate maps, the "
+                "illumination functions, the crop montage, training curves, a 2-D embedding of the profiles "
+                "coloured by treatment, the mAP table and plot, and the run's provenance (config fingerprint, "
+                "checkpoint hash, versions). Every picture is embedded.", _no_arguments, _run_report),
     CommandSpec("split", "split the index into N parts (index-000.csv ...) for profile --part",
                 "Write index-000.csv ... beside the index; wells are never divided between parts.",
                 _split_arguments, _run_split),

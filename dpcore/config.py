@@ -36,6 +36,11 @@ INITIALIZATIONS = ("random", "imagenet")
 ILLUMINATION_FUNCTIONS = ("deepprofiler", "cellprofiler")
 THRESHOLD_METHODS = ("otsu", "li", "triangle", "yen")  # dpcore.segmentation.THRESHOLD_METHODS
 SIZE_UNITS = ("px", "um")
+AGGREGATE_OPERATIONS = ("median", "mean")
+NORMALIZE_METHODS = ("standardize", "mad_robustize")
+NORMALIZE_SAMPLES = ("controls", "all")
+FEATURE_SELECT_OPERATIONS = ("variance_threshold", "correlation_threshold", "drop_na_columns", "blocklist")
+LEVEL_STRATA = {"wells": ("Metadata_Plate", "Metadata_Well"), "sites": ("Metadata_Plate", "Metadata_Well", "Metadata_Site")}
 # DeepProfiler's two metric plugins and the Keras metric names it passes to ``model.compile`` as they are.
 PLUGIN_METRICS = ("top_k", "average_class_precision")
 KERAS_METRICS = ("accuracy", "binary_accuracy", "categorical_accuracy", "sparse_categorical_accuracy",
@@ -186,6 +191,39 @@ class LocateConfig:
 
 
 @dataclass(frozen=True)
+class AggregateConfig:
+    """``aggregate``: cells to profiles (dpbeam's; not in DeepProfiler's reference)."""
+
+    level: str = "wells"  # names the output files; "wells" and "sites" have default strata
+    strata: tuple[str, ...] | None = None  # the grouping columns (default from level)
+    operation: str = "median"
+    normalize_method: str = "standardize"
+    normalize_samples: str = "controls"  # "controls": dataset.metadata.control_value of label_field
+    feature_select: tuple[str, ...] = FEATURE_SELECT_OPERATIONS
+    corr_threshold: float = 0.9
+    freq_cut: float = 0.05
+    unique_cut: float = 0.01
+    na_cutoff: float = 0.05
+    treatment_columns: tuple[str, ...] | None = None  # consensus key (default: the label field)
+
+    @property
+    def group_columns(self) -> tuple[str, ...]:
+        return self.strata or LEVEL_STRATA.get(self.level, ())
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """``evaluate``: mAP with copairs (dpbeam's)."""
+
+    level: str | None = None  # the profiles evaluated (default: aggregate.level)
+    annotation_column: str | None = None  # e.g. Metadata_moa: consistency when set
+    null_size: int = 10000
+    threshold: float = 0.05
+    seed: int = 0
+    distance: str = "cosine"
+
+
+@dataclass(frozen=True)
 class ProfileConfig:
     feature_layer: str | None = None
     checkpoint: str | None = None  # "None" in the JSON means no checkpoint
@@ -274,6 +312,8 @@ class Config:
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     locate: LocateConfig = field(default_factory=LocateConfig)
+    aggregate: AggregateConfig = field(default_factory=AggregateConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     paths: Mapping[str, str] = field(default_factory=dict)
     source: str = "<memory>"
     fingerprint: str = ""
@@ -517,6 +557,45 @@ def _read_locate(r: _Reader) -> LocateConfig:
     return locate
 
 
+def _read_aggregate(r: _Reader) -> AggregateConfig:
+    unit = _number(minimum=0.0, maximum=1.0)
+    n = r.section("normalize")
+    f = r.section("feature_select")
+    aggregate = AggregateConfig(
+        level=r.value("level", _string, "a name such as \"wells\" or \"sites\"", "wells"),
+        strata=r.value("strata", _list_of(_string, unique=True), "a list of Metadata_ column names"),
+        operation=r.value("operation", _choice(AGGREGATE_OPERATIONS), _one_of(AGGREGATE_OPERATIONS), "median"),
+        normalize_method=n.value("method", _choice(NORMALIZE_METHODS), _one_of(NORMALIZE_METHODS), "standardize"),
+        normalize_samples=n.value("samples", _choice(NORMALIZE_SAMPLES), _one_of(NORMALIZE_SAMPLES), "controls"),
+        feature_select=f.value("operations", _list_of(_choice(FEATURE_SELECT_OPERATIONS), non_empty=False, unique=True),
+                               "a list of " + _one_of(FEATURE_SELECT_OPERATIONS), FEATURE_SELECT_OPERATIONS),
+        corr_threshold=f.value("corr_threshold", unit, "a number in [0, 1]", 0.9),
+        freq_cut=f.value("freq_cut", unit, "a number in [0, 1]", 0.05),
+        unique_cut=f.value("unique_cut", unit, "a number in [0, 1]", 0.01),
+        na_cutoff=f.value("na_cutoff", unit, "a number in [0, 1]", 0.05),
+        treatment_columns=r.value("treatment_columns", _list_of(_string, unique=True), "a list of column names"),
+    )
+    n.finish()
+    f.finish()
+    r.finish()
+    return aggregate
+
+
+def _read_evaluate(r: _Reader) -> EvaluateConfig:
+    evaluate = EvaluateConfig(
+        level=r.value("level", _string, "a profiles level written by aggregate (\"wells\", \"sites\")"),
+        annotation_column=r.value("annotation_column", _string, "a column name such as Metadata_moa"),
+        null_size=r.value("null_size", _integer(minimum=100), "an integer >= 100", 10000),
+        threshold=r.value("threshold", _number(minimum=0.0, maximum=1.0, exclusive_minimum=True),
+                          "a number in (0, 1]", 0.05),
+        seed=r.value("seed", _integer(minimum=0), "an integer >= 0", 0),
+        distance=r.value("distance", _choice(("cosine", "euclidean", "abs_cosine", "correlation")),
+                         'one of "cosine", "euclidean", "abs_cosine", "correlation"', "cosine"),
+    )
+    r.finish()
+    return evaluate
+
+
 def _checkpoint_name(value: Any) -> str | None:
     name = _string(value)
     return None if name.strip().lower() == "none" else name
@@ -663,6 +742,8 @@ def parse_config(data: Any, source: str = "<memory>") -> Config:
         profile=_read_profile(top.section("profile")),
         train=_read_train(top.section("train")),
         locate=_read_locate(top.section("locate")),
+        aggregate=_read_aggregate(top.section("aggregate")),
+        evaluate=_read_evaluate(top.section("evaluate")),
         paths=_read_paths(top.section("paths")),
         source=source,
         fingerprint=fingerprint(data),
@@ -699,6 +780,9 @@ def _cross_checks(config: Config, problems: list[str]) -> None:
     if locate.channel is not None and config.channels and locate.channel not in config.channels:
         problems.append(f"locate.channel {locate.channel!r} is not one of dataset.images.channels "
                         f"({', '.join(config.channels)})")
+    if not config.aggregate.group_columns:
+        problems.append(f"aggregate.level {config.aggregate.level!r} needs aggregate.strata (the columns to group "
+                        f"by; \"wells\" and \"sites\" have defaults)")
     partition = config.train.partition
     if partition.training and partition.validation:
         overlap = sorted(set(partition.training) & set(partition.validation))

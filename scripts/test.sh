@@ -8,4 +8,13 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/bootstrap.sh
+# The report's test opens the page in a real headless browser: Debian's chromium (a system package).
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "[test] installing Debian's chromium for the report's browser test"
+  SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo "sudo")
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get install -y -q chromium >/dev/null 2>&1 \
+    || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q chromium >/dev/null; } \
+    || echo "[test] could not install chromium: tests/test_report.py will fail (it never skips)"
+fi
 exec .venv/bin/python -m pytest -n "${DPBEAM_TEST_WORKERS:-2}" --dist worksteal -v --durations=15 "$@"

@@ -137,3 +137,34 @@ def assert_same_features(ours: Path, reference: Path, sites: int) -> None:
     theirs = tree_bytes(reference / "outputs/results/features", "*/*.parquet")
     assert len(theirs) == sites and sorted(mine) == sorted(theirs)
     assert [name for name in mine if mine[name] != theirs[name]] == []
+
+
+def write_synthetic_features(root: Path, seed: int = 0) -> dict:
+    """Per-cell features as ``profile`` writes them (one Parquet per site under outputs/results/features/),
+    seeded: 2 plates x 8 wells x 3 sites, 30-59 cells each, 12 features. Wells A01-A04 hold the control
+    (DMSO); drugA/drugA2 (MoA mA) shift every feature, drugB/drugB2 (MoA mB) do not; plate P2 is offset
+    by 0.5 (what normalization per plate removes). Returns a config dict for the project."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    wells = {"A01": "DMSO", "A02": "DMSO", "A03": "DMSO", "A04": "DMSO", "B01": "drugA", "B02": "drugA2",
+             "B03": "drugB", "B04": "drugB2"}
+    for plate in ("P1", "P2"):
+        folder = root / "outputs/results/features" / plate
+        folder.mkdir(parents=True, exist_ok=True)
+        for well, treatment in wells.items():
+            for site in (1, 2, 3):
+                cells = int(rng.integers(30, 60))
+                shift = 1.5 * np.linspace(0, 1, 12) if treatment.startswith("drugA") else 0.0
+                values = rng.normal(size=(cells, 12)) + shift + (0.5 if plate == "P2" else 0.0)
+                values[:, 11] = rng.integers(0, 2, size=cells) * 1e-3  # a near-constant feature to select away
+                frame = pd.DataFrame(values.astype(np.float32), columns=[f"cnn_{i}" for i in range(12)])
+                moa = "control" if treatment == "DMSO" else ("mA" if treatment.startswith("drugA") else "mB")
+                meta = pd.DataFrame({"Metadata_Plate": plate, "Metadata_Well": well, "Metadata_Site": str(site),
+                                     "Metadata_Treatment": treatment, "Metadata_moa": moa,
+                                     "Metadata_Cell_Index": np.arange(cells)})
+                pd.concat([meta, frame], axis=1).to_parquet(folder / f"{well}-{site}.parquet", index=False)
+    return {"dataset": {"metadata": {"label_field": "Treatment", "control_value": "DMSO"},
+                        "images": {"channels": ["DNA"], "width": 100, "height": 100}},
+            "evaluate": {"annotation_column": "Metadata_moa", "null_size": 1000}}

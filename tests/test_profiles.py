@@ -1,0 +1,228 @@
+"""aggregate, evaluate, report: the stages after profile, against pycytominer, copairs and plain numpy.
+
+Each reference is computed here, independently of dpbeam's code: pycytominer called on all the cells at
+once (dpbeam reduces them in a Beam pipeline), normalization and average precision written out in numpy,
+and the report opened in a real headless browser (Debian's chromium).
+"""
+
+from __future__ import annotations
+
+import base64
+import glob
+import io
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from pycytominer import aggregate as pycytominer_aggregate
+from pycytominer import feature_select as pycytominer_feature_select
+
+from tests.conftest import cnn_profile_project, run_cli, write_config, write_synthetic_features
+
+PROFILES = "outputs/results/profiles"
+STRATA = ["Metadata_Plate", "Metadata_Well"]
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> tuple[Path, str]:
+    """A project with seeded per-cell features, aggregated once (read-only for tests)."""
+    root = tmp_path_factory.mktemp("profiles") / "project"
+    config = write_synthetic_features(root)
+    name = write_config(root, config)
+    code, text = run_cli("--root", str(root), "--config", name, "aggregate")
+    assert code == 0, text
+    return root, name
+
+
+def all_cells(root: Path) -> pd.DataFrame:
+    return pd.concat([pd.read_parquet(f) for f in sorted(glob.glob(str(root / "outputs/results/features/*/*.parquet")))],
+                     ignore_index=True)
+
+
+def features_of(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if not c.startswith("Metadata_")]
+
+
+def test_wells_are_pycytominers_aggregate_of_all_the_cells(synthetic):
+    root, _ = synthetic
+    cells = all_cells(root)
+    features = features_of(cells)
+    ours = pd.read_parquet(root / PROFILES / "wells.parquet")
+    reference = pycytominer_aggregate(cells, strata=STRATA, features=features, operation="median", output_type=None)
+    reference = reference.sort_values(STRATA).reset_index(drop=True)
+    assert list(ours[STRATA].itertuples(index=False)) == list(reference[STRATA].itertuples(index=False))
+    np.testing.assert_allclose(ours[features].to_numpy(), reference[features].to_numpy(), atol=1e-6)
+    counts = cells.groupby(STRATA).size().sort_index().to_numpy()
+    np.testing.assert_array_equal(ours["Metadata_Object_Count"].to_numpy(), counts)
+    # Metadata constant in a well is kept; per-cell metadata is not.
+    assert {"Metadata_Treatment", "Metadata_moa"} <= set(ours.columns) and "Metadata_Cell_Index" not in ours
+    manifest = json.loads((root / PROFILES / "_manifest.json").read_text())
+    assert manifest["counts"]["cells"] == len(cells) and manifest["counts"]["groups"] == 16
+
+
+def test_normalized_per_plate_against_the_controls_in_numpy(synthetic):
+    root, _ = synthetic
+    wells = pd.read_parquet(root / PROFILES / "wells.parquet")
+    ours = pd.read_parquet(root / PROFILES / "wells_normalized.parquet")
+    features = features_of(wells)
+    for plate, rows in wells.groupby("Metadata_Plate"):
+        values = rows[features].to_numpy(np.float64)
+        controls = values[rows["Metadata_Treatment"].eq("DMSO").to_numpy()]
+        expected = (values - controls.mean(axis=0)) / controls.std(axis=0)  # StandardScaler: population std
+        got = ours[ours["Metadata_Plate"] == plate].sort_values("Metadata_Well")[features].to_numpy()
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_mad_robustize_and_feature_selection_match_pycytominer(tmp_path, synthetic):
+    root = tmp_path / "project"
+    shutil.copytree(synthetic[0] / "outputs/results/features", root / "outputs/results/features")
+    config = json.loads((synthetic[0] / "inputs/config" / synthetic[1]).read_text())
+    config["aggregate"] = {"normalize": {"method": "mad_robustize", "samples": "all"}, "operation": "mean",
+                           "feature_select": {"operations": ["variance_threshold", "correlation_threshold"],
+                                              "corr_threshold": 0.8}}
+    code, text = run_cli("--root", str(root), "--config", write_config(root, config), "aggregate")
+    assert code == 0, text
+    wells = pd.read_parquet(root / PROFILES / "wells.parquet")
+    cells = all_cells(root)
+    features = features_of(cells)
+    means = cells.groupby(STRATA)[features].mean().sort_index().to_numpy()
+    np.testing.assert_allclose(wells[features].to_numpy(), means, atol=1e-6)
+    normalized = pd.read_parquet(root / PROFILES / "wells_normalized.parquet")
+    for plate, rows in wells.groupby("Metadata_Plate"):
+        values = rows[features].to_numpy(np.float64)
+        median = np.median(values, axis=0)
+        mad = np.median(np.abs(values - median), axis=0) * 1.4826
+        expected = (values - median) / (mad + 1e-18)
+        got = normalized[normalized["Metadata_Plate"] == plate][features].to_numpy()
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    selected = pd.read_parquet(root / PROFILES / "wells_normalized_feature_select.parquet")
+    reference = pycytominer_feature_select(normalized, features=features,
+                                           operation=["variance_threshold", "correlation_threshold"],
+                                           corr_threshold=0.8, output_type=None)
+    assert list(selected.columns) == list(reference.columns)
+    assert len(features_of(selected)) < len(features)
+    np.testing.assert_allclose(selected[features_of(selected)].to_numpy(),
+                               reference[features_of(reference)].to_numpy(), atol=1e-6)
+
+
+def test_treatments_are_the_median_of_their_wells_with_their_annotations(synthetic):
+    root, _ = synthetic
+    selected = pd.read_parquet(root / PROFILES / "wells_normalized_feature_select.parquet")
+    treatments = pd.read_parquet(root / PROFILES / "treatments.parquet")
+    features = features_of(selected)
+    expected = selected.groupby("Metadata_Treatment")[features].median()
+    got = treatments.set_index("Metadata_Treatment").loc[expected.index, features]
+    np.testing.assert_allclose(got.to_numpy(), expected.to_numpy(), atol=1e-6)
+    assert dict(zip(treatments["Metadata_Treatment"], treatments["Metadata_moa"]))["drugA2"] == "mA"
+
+
+# ------------------------------------------------------------------ evaluate
+def average_precision_by_hand(values: np.ndarray, labels: np.ndarray, query: int, control: str) -> float:
+    """AP of one replicate: rank its own treatment's other replicates among them and the controls by cosine."""
+    unit = values / np.linalg.norm(values, axis=1, keepdims=True)
+    candidates = [i for i in range(len(labels)) if i != query and labels[i] in (labels[query], control)]
+    order = sorted(candidates, key=lambda i: -float(unit[query] @ unit[i]))
+    hits, precisions = 0, []
+    for rank, i in enumerate(order, start=1):
+        if labels[i] == labels[query]:
+            hits += 1
+            precisions.append(hits / rank)
+    return float(np.mean(precisions))
+
+
+def test_phenotypic_activity_is_copairs_map_and_equals_average_precision_by_hand(tmp_path, synthetic):
+    root = tmp_path / "project"
+    shutil.copytree(synthetic[0], root)
+    code, text = run_cli("--root", str(root), "--config", synthetic[1], "evaluate")
+    assert code == 0, text
+    assert "phenotypic activity: " in text and "consistency: " in text
+    activity = pd.read_parquet(root / "outputs/results/evaluation/phenotypic_activity.parquet")
+    assert {"mean_average_precision", "p_value", "corrected_p_value", "below_corrected_p"} <= set(activity.columns)
+    selected = pd.read_parquet(root / PROFILES / "wells_normalized_feature_select.parquet")
+    values = selected[features_of(selected)].to_numpy(np.float64)
+    labels = selected["Metadata_Treatment"].to_numpy()
+    for treatment in ("drugA", "drugB"):
+        queries = np.flatnonzero(labels == treatment)
+        expected = np.mean([average_precision_by_hand(values, labels, q, "DMSO") for q in queries])
+        got = activity.set_index("Metadata_Treatment").loc[treatment, "mean_average_precision"]
+        assert got == pytest.approx(expected, abs=1e-6)
+    significant = dict(zip(activity["Metadata_Treatment"], activity["below_corrected_p"]))
+    assert significant["drugA"] and significant["drugA2"]  # shifted: distinguishable from DMSO
+    consistency = pd.read_parquet(root / "outputs/results/evaluation/consistency.parquet")
+    assert set(consistency["Metadata_moa"]) == {"mA", "mB"}
+    plot = Image.open(root / "outputs/results/evaluation/phenotypic_activity.png")
+    assert plot.size[0] >= 500
+    assert json.loads((root / "outputs/results/evaluation/_manifest.json").read_text())["phenotypic_activity"][
+        "treatments"] == 4
+
+
+def test_evaluate_says_what_is_missing(tmp_path, synthetic):
+    root = tmp_path / "project"
+    (root / "inputs/config").mkdir(parents=True)
+    code, text = run_cli("--root", str(root), "--config", write_config(root, {"dataset": {}}), "evaluate")
+    assert code != 0 and "wells_normalized_feature_select.parquet does not exist: run aggregate" in text
+
+
+# ------------------------------------------------------------------ report
+def chromium(*args: str) -> subprocess.CompletedProcess:
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert executable, "Debian's chromium is required (scripts/test.sh installs it)"
+    return subprocess.run([executable, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                           *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def check_report(page: Path, tmp_path: Path) -> None:
+    text = page.read_text()
+    sources = re.findall(r'<img alt="[^"]*" src="data:image/png;base64,([^"]+)"', text)
+    assert sources and len(sources) == text.count("<img")
+    for data in sources:
+        picture = Image.open(io.BytesIO(base64.b64decode(data)))
+        picture.verify()
+    dom = chromium("--virtual-time-budget=5000", "--dump-dom", page.as_uri()).stdout
+    loaded = re.search(r'data-images-loaded="(\d+)/(\d+)"', dom)
+    assert loaded and loaded.group(1) == loaded.group(2) == str(len(sources)), dom[-500:]
+    shot = tmp_path / "report.png"
+    chromium(f"--screenshot={shot}", "--window-size=1200,3000", page.as_uri())
+    pixels = np.asarray(Image.open(shot).convert("L"))
+    assert pixels.shape == (3000, 1200) and pixels.std() > 10  # a page was drawn, not a blank window
+
+
+def test_report_of_a_synthetic_screen_loads_every_figure_in_a_browser(tmp_path, synthetic):
+    root = tmp_path / "project"
+    shutil.copytree(synthetic[0], root)
+    assert run_cli("--root", str(root), "--config", synthetic[1], "evaluate")[0] == 0
+    code, text = run_cli("--root", str(root), "--config", synthetic[1], "report")
+    assert code == 0, text
+    assert "sections without data yet: illumination functions, crop montage" in text
+    page = root / "outputs/results/report/index.html"
+    html = page.read_text()
+    for heading in ("Cells per well", "Failures", "Profiles", "Phenotypic activity (mAP)", "Consistency (mAP)",
+                    "Provenance"):
+        assert f"<h2>{heading}</h2>" in html
+    assert "drugA2" in html and "No crop montage yet: run dpbeam export-sc" in html
+    check_report(page, tmp_path)
+
+
+def test_example_profile_aggregate_evaluate_report(prepared, example_config_dict, tmp_path):
+    """The README's chain on the real example: sites as replicates (two wells only)."""
+    root, name = cnn_profile_project(prepared[0], tmp_path / "project", example_config_dict)
+    config = json.loads((root / "inputs/config" / name).read_text())
+    config.update({"aggregate": {"level": "sites"}, "evaluate": {"null_size": 1000}})
+    name = write_config(root, config, "chain.json")
+    for command in ("export-sc", "profile", "aggregate", "evaluate", "report"):
+        code, text = run_cli("--root", str(root), "--config", name, command)
+        assert code == 0, f"{command}: {text}"
+    sites = pd.read_parquet(root / PROFILES / "sites.parquet")
+    assert len(sites) == 12 and sites["Metadata_Object_Count"].sum() == 808
+    activity = pd.read_parquet(root / "outputs/results/evaluation/phenotypic_activity.parquet")
+    assert list(activity["Metadata_Treatment"]) == ["NIFLUMIC ACID"]
+    page = root / "outputs/results/report/index.html"
+    html = page.read_text()
+    assert "No illumination functions" not in html and "No crop montage" not in html
+    check_report(page, tmp_path)
