@@ -32,5 +32,8 @@ $DPBEAM prepare --direct_num_workers 2 --direct_running_mode multi_threading
 $DPBEAM export-sc
 $DPBEAM train --seed 1
 $DPBEAM profile
+$DPBEAM aggregate
+$DPBEAM evaluate
+$DPBEAM report
 { set +x; } 2>/dev/null
 echo "demo finished in $((SECONDS - started)) s; outputs under $ROOT/outputs (see README, Quick start)"

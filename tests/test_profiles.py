@@ -226,3 +226,31 @@ def test_example_profile_aggregate_evaluate_report(prepared, example_config_dict
     html = page.read_text()
     assert "No illumination functions" not in html and "No crop montage" not in html
     check_report(page, tmp_path)
+
+
+def test_an_unreadable_feature_file_goes_to_the_dead_letters_and_the_rest_is_aggregated(tmp_path):
+    root = tmp_path / "project"
+    name = write_config(root, write_synthetic_features(root))
+    broken = root / "outputs/results/features/P1/B01-2.parquet"
+    broken.write_bytes(b"not parquet")
+    code, text = run_cli("--root", str(root), "--config", name, "aggregate")
+    assert code == 1 and "B01-2.parquet" in text
+    failures = [json.loads(line) for line in (root / PROFILES / "_failed/aggregate-failures.jsonl").open()]
+    assert len(failures) == 1 and failures[0]["item"].endswith("P1/B01-2.parquet")
+    wells = pd.read_parquet(root / PROFILES / "wells.parquet")
+    assert len(wells) == 16  # B01 of P1 still has its two other sites
+    manifest = json.loads((root / PROFILES / "_manifest.json").read_text())
+    assert manifest["failures"] == 1
+
+
+def test_validate_names_a_wrong_aggregate_or_evaluate_key(tmp_path):
+    root = tmp_path / "project"
+    config = write_synthetic_features(root)
+    config["aggregate"] = {"operation": "mode", "normalize": {"method": "zscore"}}
+    config["evaluate"] = {"null_size": 5}
+    code, text = run_cli("--root", str(root), "--config", write_config(root, config), "validate")
+    assert code != 0
+    for expected in ('aggregate.operation must be one of "median", "mean"',
+                     'aggregate.normalize.method must be one of "standardize", "mad_robustize"',
+                     "evaluate.null_size must be an integer >= 100"):
+        assert expected in text
