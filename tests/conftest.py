@@ -49,6 +49,21 @@ class Output(list):
         return "\n".join(self)
 
 
+def load_npz(root: Path, plate: str = "20585") -> dict:
+    """prepare's statistics of a plate, every array (no pickle)."""
+    import numpy as np
+
+    with np.load(root / f"outputs/intensities/{plate}/{plate}.npz", allow_pickle=False) as arrays:
+        return {k: arrays[k] for k in arrays.files}
+
+
+def output_files(root: Path) -> dict[str, bytes]:
+    """Every output file except the npz (zip members carry timestamps), by relative path."""
+    out = root / "outputs"
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.suffix != ".npz"}
+
+
 def run_cli(*argv: str) -> tuple[int, str]:
     from beam_pipelines.cli import main
 

@@ -29,8 +29,7 @@ from dpcore import models  # noqa: E402
 from dpcore.checkpoints import save_weights  # noqa: E402
 from dpcore import features, sc_export  # noqa: E402
 from dpcore.storage import StoragePath  # noqa: E402
-from tests.conftest import run_cli  # noqa: E402
-from tests.test_prepare_pipeline import load_npz  # noqa: E402
+from tests.conftest import load_npz, run_cli  # noqa: E402
 
 pytestmark = pytest.mark.pipeline
 BUCKET = "dpbeam-test"

@@ -19,7 +19,7 @@ import tifffile
 from PIL import Image
 
 from tests import reference
-from tests.conftest import run_cli, write_config
+from tests.conftest import load_npz, output_files, run_cli, write_config
 
 pytestmark = pytest.mark.pipeline
 CHANNELS = ("DNA", "RNA", "ER", "AGP", "Mito")
@@ -30,21 +30,9 @@ def prepare(root: Path, *extra: str, config: str = "bbbc022.json") -> tuple[int,
     return run_cli("--root", str(root), "--config", config, "prepare", *extra)
 
 
-def load_npz(root: Path, plate: str = PLATE) -> dict:
-    with np.load(root / f"outputs/intensities/{plate}/{plate}.npz", allow_pickle=False) as arrays:
-        return {k: arrays[k] for k in arrays.files}
-
-
 def png(root: Path, relative: str, plate: str = PLATE) -> np.ndarray:
     name = Path(relative).with_suffix(".png").name
     return np.asarray(Image.open(root / "outputs/compressed/images" / plate / name))
-
-
-def output_files(root: Path) -> dict[str, bytes]:
-    """Every output file except the npz (zip members carry timestamps), by relative path."""
-    out = root / "outputs"
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and p.suffix != ".npz"}
 
 
 def index_of(root: Path) -> pd.DataFrame:

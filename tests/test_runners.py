@@ -21,8 +21,7 @@ from dpcore.config import load_config
 from dpcore.layout import ProjectLayout
 from dpcore.profiling import FeatureModelSpec
 from dpcore.single_cells import CellSource
-from tests.conftest import EXAMPLE, run_cli
-from tests.test_prepare_pipeline import load_npz, output_files
+from tests.conftest import EXAMPLE, load_npz, output_files, run_cli
 
 pytestmark = pytest.mark.pipeline
 IMAGE = "europe-docker.pkg.dev/example/dpbeam/worker:0.1.0"
