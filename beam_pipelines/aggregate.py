@@ -2,17 +2,19 @@
 
 ::
 
-    FeaturePlates -> ListSiteFiles -> ReadSiteFiles --(failed)----------------------> dead letters
-                                          | (group key, cells of the group in one file)
-                                      GroupCellsByGroup -> ReduceGroups      exact median/mean per group
-                                          | (plate, row)
+    FeaturePlates -> ListSiteFiles -> KeyFilesByGroup -> GroupFilesByGroup   (file names only)
+                                          -> ReduceGroupFiles --(failed)-----------------> dead letters
+                                          | (plate, row)                     exact median/mean per group
+                 (other strata: ReadSiteFiles -> GroupCellsByGroup -> ReduceGroups, cells shuffled)
                                       GroupRowsByPlate -> WritePlateParts    _parts/<level>/<plate>.parquet
                                           | part urls (one per plate)
                                       AllParts -> FinishProfiles            <level>*.parquet, treatments,
                                                                              _manifest.json (written last)
 
-A worker holds one group's cells at a time (a well: thousands of cells), never a plate's or the
-screen's. The reduced table is small (one row per well): the last step reads it whole and runs
+With the usual strata (plate and well, or plate, well and site) a group is a set of whole site files
+(``<plate>/<well>-<site>.parquet``): only file names are shuffled and a worker reads one group's files
+and reduces it, holding one group's cells (a well: thousands), never a plate's or the screen's. Other
+strata shuffle the cells themselves to their group. The reduced table is small (one row per well): the last step reads it whole and runs
 pycytominer's normalize (per plate), feature_select and consensus on it (:mod:`dpcore.profiles`).
 """
 
@@ -66,6 +68,11 @@ class AggregateSettings:
     def failures_file(self) -> StoragePath:
         return self.profiles_dir / "_failed" / "aggregate-failures.jsonl"
 
+    @property
+    def groups_follow_files(self) -> bool:
+        """Whether a group is a set of whole site files (plate and well, with or without the site)."""
+        return self.strata in (("Metadata_Plate", "Metadata_Well"), ("Metadata_Plate", "Metadata_Well", "Metadata_Site"))
+
     def part(self, plate: str) -> StoragePath:
         return self.profiles_dir / pr.PARTS_DIR / self.level / f"{plate}.parquet"
 
@@ -79,25 +86,66 @@ def list_site_files(plate_dir: str) -> Iterator[str]:
         yield str(path)
 
 
+def read_site_file(url: str, settings: AggregateSettings) -> list[tuple[tuple, pr.GroupPart]]:
+    """One site's feature file -> its cells, split by group; ValueError/KeyError/OSError when unusable."""
+    with StoragePath(url).open("rb") as handle:
+        frame = pd.read_parquet(handle)
+    missing = [c for c in settings.features if c not in frame.columns]
+    if missing:
+        raise KeyError(f"missing feature column(s) {', '.join(missing[:5])}: written by another model?")
+    inc_counter(NAMESPACE, "cells_read", len(frame))
+    return pr.group_parts(frame, settings.strata, settings.features)
+
+
+def _reason(error: Exception) -> str:
+    return str(error).strip("'\"")
+
+
 class ReadSiteFile(beam.DoFn):
-    """One site's feature file -> its cells, split by group."""
+    """One site's feature file -> its cells, split by group (the shuffle path: any strata)."""
 
     def __init__(self, settings: AggregateSettings):
         self.settings = settings
 
     def process(self, url: str) -> list:
-        s = self.settings
         try:
-            with StoragePath(url).open("rb") as handle:
-                frame = pd.read_parquet(handle)
-            missing = [c for c in s.features if c not in frame.columns]
-            if missing:
-                raise KeyError(f"missing feature column(s) {', '.join(missing[:5])}: written by another model?")
-            parts = pr.group_parts(frame, s.strata, s.features)
+            return read_site_file(url, self.settings)
         except (OSError, ValueError, KeyError) as error:
-            return [beam.pvalue.TaggedOutput("failed", failure("aggregate", url, str(error).strip("'\"")))]
-        inc_counter(NAMESPACE, "cells_read", len(frame))
-        return parts
+            return [beam.pvalue.TaggedOutput("failed", failure("aggregate", url, _reason(error)))]
+
+
+def file_group_key(url: str, settings: AggregateSettings) -> tuple[tuple, str]:
+    """``(plate, well[, site])`` from a feature file's path, ``<plate>/<well>-<site>.parquet`` (as profile names it)."""
+    path = StoragePath(url)
+    well, site = path.name[: -len(SUFFIX)].rsplit("-", 1)
+    values = {"Metadata_Plate": path.parent.name, "Metadata_Well": well, "Metadata_Site": site}
+    return tuple(values[column] for column in settings.strata), url
+
+
+class ReduceGroupFiles(beam.DoFn):
+    """One group's feature files (a well's sites) -> its row: only this group's cells are in memory."""
+
+    def __init__(self, settings: AggregateSettings):
+        self.settings = settings
+
+    def process(self, element: tuple[tuple, list[str]]) -> list:
+        key, urls = element
+        s = self.settings
+        outputs, parts = [], []
+        for url in sorted(urls):
+            try:
+                found = read_site_file(url, s)
+                strays = sorted({part_key for part_key, _ in found if part_key != key})
+                if strays:
+                    raise ValueError(f"holds cells of {strays[0]}, not of {key} as its path says")
+                parts += [part for _, part in found]
+            except (OSError, ValueError, KeyError) as error:
+                outputs.append(beam.pvalue.TaggedOutput("failed", failure("aggregate", url, _reason(error))))
+        if parts:
+            row = pr.reduce_group(key, parts, s.strata, s.features, s.operation)
+            inc_counter(NAMESPACE, "groups")
+            outputs.append((str(row["Metadata_Plate"]), row))
+        return outputs
 
 
 class ReduceGroup(beam.DoFn):
@@ -193,17 +241,36 @@ class AggregateProfiles(beam.PTransform):
 
     def expand(self, pbegin):
         s = self.settings
-        read = (
+        files = (
             pbegin
             | "FeaturePlates" >> beam.Create([str(s.features_dir / plate) for plate in self.plates])
             | "ListSiteFiles" >> beam.FlatMap(list_site_files)
-            | "SpreadSiteFiles" >> beam.Reshuffle()
-            | "ReadSiteFiles" >> beam.ParDo(ReadSiteFile(s)).with_outputs("failed", main="parts")
         )
+        if s.groups_follow_files:
+            # Only file names are shuffled: each group's files meet on one worker, which reads them and
+            # reduces the group; no step ever holds more cells than one group's, on any runner.
+            read = (
+                files
+                | "KeyFilesByGroup" >> beam.Map(file_group_key, s)
+                | "GroupFilesByGroup" >> beam.GroupByKey()
+                | "ReduceGroupFiles" >> beam.ParDo(ReduceGroupFiles(s)).with_outputs("failed", main="rows")
+            )
+            rows = read.rows
+        else:
+            # Strata that file names do not tell (e.g. a treatment across plates): cells are shuffled to
+            # their group; the runner's shuffle holds them (Dataflow and Flink spill it to disk).
+            read = (
+                files
+                | "SpreadSiteFiles" >> beam.Reshuffle()
+                | "ReadSiteFiles" >> beam.ParDo(ReadSiteFile(s)).with_outputs("failed", main="parts")
+            )
+            rows = (
+                read.parts
+                | "GroupCellsByGroup" >> beam.GroupByKey()
+                | "ReduceGroups" >> beam.ParDo(ReduceGroup(s))
+            )
         parts = (
-            read.parts
-            | "GroupCellsByGroup" >> beam.GroupByKey()
-            | "ReduceGroups" >> beam.ParDo(ReduceGroup(s))
+            rows
             | "GroupRowsByPlate" >> beam.GroupByKey()
             | "WritePlateParts" >> beam.ParDo(WritePlatePart(s))
             | "AllParts" >> beam.combiners.ToList()

@@ -254,3 +254,22 @@ def test_validate_names_a_wrong_aggregate_or_evaluate_key(tmp_path):
                      'aggregate.normalize.method must be one of "standardize", "mad_robustize"',
                      "evaluate.null_size must be an integer >= 100"):
         assert expected in text
+
+
+def test_strata_that_files_do_not_tell_are_reduced_through_a_shuffle_of_cells(tmp_path):
+    """Treatments per plate (several wells per group): the path that groups cells, not files."""
+    root = tmp_path / "project"
+    config = write_synthetic_features(root)
+    strata = ["Metadata_Plate", "Metadata_Treatment"]
+    config["aggregate"] = {"level": "plate_treatments", "strata": strata, "normalize": {"samples": "all"}}
+    code, text = run_cli("--root", str(root), "--config", write_config(root, config), "aggregate")
+    assert code == 0, text
+    ours = pd.read_parquet(root / PROFILES / "plate_treatments.parquet")
+    cells = all_cells(root)
+    features = features_of(cells)
+    reference = pycytominer_aggregate(cells, strata=strata, features=features, operation="median", output_type=None)
+    reference = reference.sort_values(strata).reset_index(drop=True)
+    assert len(ours) == 10 and list(ours[strata].itertuples(index=False)) == list(
+        reference[strata].itertuples(index=False))
+    np.testing.assert_allclose(ours[features].to_numpy(), reference[features].to_numpy(), atol=1e-6)
+    assert "Metadata_Well" not in ours  # several wells per group: not a group property
