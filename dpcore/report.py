@@ -187,8 +187,8 @@ def build_report(layout: ProjectLayout, config: Config) -> tuple[str, list[str]]
         if layout.intensities_dir.exists() else []
     if pictures:
         first_plate = pictures[0].parent.name
-        body.append("<h2>Illumination functions</h2>" + "".join(
-            _img(p.read_bytes(), p.name) for p in pictures if p.parent.name == first_plate))
+        body.append(f"<h2>Illumination functions</h2><p>plate {html.escape(first_plate)}</p><div class='grid'>" + "".join(
+            _img(p.read_bytes(), p.name) for p in pictures if p.parent.name == first_plate) + "</div>")
     else:
         missing.append("illumination functions")
         body.append("<h2>Illumination functions</h2>" + _missing("illumination functions", "run dpbeam prepare"))
@@ -234,7 +234,7 @@ def build_report(layout: ProjectLayout, config: Config) -> tuple[str, list[str]]
 def _page(root: str, sections: Sequence[str]) -> str:
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
              "img{max-width:100%;display:block;margin:0.5em 0}h2{border-bottom:1px solid #ccc;margin-top:1.6em}"
-             ".missing{color:#8a6d00;background:#fff8e1;padding:0.4em}table.data{border-collapse:collapse;"
+             ".grid img{display:inline-block;max-width:49%;vertical-align:top}.missing{color:#8a6d00;background:#fff8e1;padding:0.4em}table.data{border-collapse:collapse;"
              "font-size:0.85em}table.data td,table.data th{padding:2px 8px;border-bottom:1px solid #eee}")
     script = ("<script>window.addEventListener('load',function(){var i=document.images,n=0;"
               "for(var k=0;k<i.length;k++){if(i[k].complete&&i[k].naturalWidth>0)n++;}"
