@@ -51,7 +51,7 @@ from dpcore.storage import StoragePath, remove_stale_temporaries
 from beam_pipelines.context import CommandContext, UsageError
 from beam_pipelines.dead_letter import WriteDeadLetters, failure, read_failures, report_failures
 from beam_pipelines.index import ReadSites
-from beam_pipelines.progress import OutputProgress, inc_counter
+from beam_pipelines.progress import OutputProgress, ZeroForMissing, inc_counter
 from beam_pipelines.running import describe_graph, run_pipeline
 
 logger = logging.getLogger(__name__)
@@ -517,15 +517,11 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
         return 0
     counters = run.counters
     emit("sites located: {sites_located}; kept from an earlier run: {sites_kept}; failed: {sites_failed}; "
-         "nuclei: {nuclei_found}; plates complete: {plates_committed}".format_map(_Zero(counters)))
+         "nuclei: {nuclei_found}; plates complete: {plates_committed}".format_map(ZeroForMissing(counters)))
     if sources:
         emit("CellProfiler objects read: {objects_read}; sites with no objects (empty files): {sites_without_objects}; "
              "objects of no index site: {objects_unmatched}; image rows of no index site: {images_unmatched}"
-             .format_map(_Zero(counters)))
+             .format_map(ZeroForMissing(counters)))
     emit(f"outputs: {layout.locations_dir} (locations), {layout.outputs / 'locate'} (counts and QC pictures)")
     return report_failures(read_failures(settings.failures_file), settings.failures_file, emit)
 
-
-class _Zero(dict):
-    def __missing__(self, key: str) -> int:
-        return 0

@@ -53,7 +53,7 @@ from dpcore.storage import StoragePath, remove_stale_temporaries
 from beam_pipelines.context import CommandContext, UsageError
 from beam_pipelines.dead_letter import WriteDeadLetters, failure, read_failures, report_failures
 from beam_pipelines.index import ReadSites
-from beam_pipelines.progress import OutputProgress, inc_counter
+from beam_pipelines.progress import OutputProgress, ZeroForMissing, inc_counter
 from beam_pipelines.running import describe_graph, run_pipeline
 
 logger = logging.getLogger(__name__)
@@ -640,10 +640,10 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
         return 0
     counters = run.counters
     emit("images read for statistics: {images_read}; plates computed: {plates_computed}; "
-         "plates committed: {plates_committed}".format_map(_Zero(counters)))
+         "plates committed: {plates_committed}".format_map(ZeroForMissing(counters)))
     if settings.compress:
         emit("PNGs written: {pngs_written}; already committed and kept: {pngs_already_committed}; "
-             "control sites: {control_sites}".format_map(_Zero(counters)))
+             "control sites: {control_sites}".format_map(ZeroForMissing(counters)))
     if counters.get("earlier_files_removed"):
         emit(f"earlier outputs removed: {counters['earlier_files_removed']} file(s) of plates recomputed "
              f"and of sites that failed (no file under a final name is from an earlier run)")
@@ -660,7 +660,3 @@ def _progress(settings: PrepareSettings, todo: list[str], scan) -> OutputProgres
                               "PNGs", sites * len(settings.channels))
     return OutputProgress("prepare", [settings.plate_dir(plate) for plate in todo], ".npz", "plates", len(todo))
 
-
-class _Zero(dict):
-    def __missing__(self, key: str) -> int:
-        return 0

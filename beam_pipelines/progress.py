@@ -76,6 +76,13 @@ def reporting(progress: OutputProgress | None) -> Iterator[None]:
         stop.set()
 
 
+class ZeroForMissing(dict):
+    """Counters for a summary line: a counter the run never incremented reads 0."""
+
+    def __missing__(self, key: str) -> int:
+        return 0
+
+
 def inc_counter(namespace: str, name: str, value: int = 1) -> None:
     beam.metrics.Metrics.counter(namespace, name).inc(value)
 

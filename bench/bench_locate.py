@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +28,8 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.bench_prepare import build_project, project_arguments, rate_once_started, write_json  # noqa: E402
+from bench.bench_prepare import (build_project, project_arguments, rate_once_started, time_command,  # noqa: E402
+                                 write_json)
 from dpcore.config import load_config  # noqa: E402
 from dpcore.images import read_image  # noqa: E402
 from dpcore.locate import locations_csv, nucleus_channel, nucleus_finder, segment  # noqa: E402
@@ -57,12 +57,7 @@ def time_plain_loop(root: Path, config) -> float:
 
 
 def time_pipeline(root: Path) -> float:
-    command = [str(REPO / ".venv/bin/dpbeam") if (REPO / ".venv/bin/dpbeam").exists() else "dpbeam",
-               "--root", str(root), "--config", "bbbc022.json", "--log-level", "WARNING", "locate", "--overwrite",
-               "--direct_num_workers", "1"]
-    start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    return time_command(root, "locate", "--overwrite", "--direct_num_workers", "1")
 
 
 def main() -> None:

@@ -131,15 +131,18 @@ def time_plain_loop(root: Path, sites: list[list[StoragePath]], config) -> float
     return time.perf_counter() - start
 
 
-def time_pipeline(root: Path, workers: int) -> float:
-    command = [str(REPO / ".venv/bin/dpbeam") if (REPO / ".venv/bin/dpbeam").exists() else "dpbeam",
-               "--root", str(root), "--config", "bbbc022.json", "--log-level", "WARNING", "prepare", "--overwrite",
-               "--direct_num_workers", str(workers)]
-    if workers > 1:
-        command += ["--direct_running_mode", "multi_processing"]
+def time_command(root: Path, command: str, *options: str) -> float:
+    """Wall seconds of ``dpbeam --root ROOT --config bbbc022.json COMMAND OPTIONS`` (output discarded)."""
+    program = str(REPO / ".venv/bin/dpbeam") if (REPO / ".venv/bin/dpbeam").exists() else "dpbeam"
     start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([program, "--root", str(root), "--config", "bbbc022.json", "--log-level", "WARNING", command,
+                    *options], check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
+
+
+def time_pipeline(root: Path, workers: int) -> float:
+    mode = ["--direct_running_mode", "multi_processing"] if workers > 1 else []
+    return time_command(root, "prepare", "--overwrite", "--direct_num_workers", str(workers), *mode)
 
 
 def main() -> None:
