@@ -68,6 +68,21 @@ def test_control_histogram_counts_every_pixel():
     image = np.array([[0, 255], [255, 7]], dtype=np.uint8)
     histogram = control_histogram(image)
     assert histogram.shape == (256,) and histogram.sum() == 4 and histogram[255] == 2 and histogram[7] == 1
+    dim = control_histogram(np.array([[3, 9]], dtype=np.uint8))  # no bright pixel: still all 256 bins
+    assert dim.shape == (256,) and dim.dtype == np.float64 and dim[3] == dim[9] == 1
+
+
+@pytest.mark.parametrize("scaling", [1.0, 0.5])
+def test_a_flat_channel_compresses_to_black_of_the_output_size(scaling):
+    """Nothing to stretch (the 0.05th and 99.95th percentiles are equal): zeros, never a division by zero."""
+    import warnings
+
+    flat = np.full((40, 60), 1000, dtype=np.uint16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 0/0 would warn (and cast NaN to a platform-dependent grey)
+        compressed = compress_channel(flat, np.ones((40, 60)), scaling, plate_upper_percentile=5000.0)
+    assert compressed.dtype == np.uint8 and compressed.shape == output_shape((40, 60), scaling)
+    assert not compressed.any()
 
 
 def test_histograms_match_numpy_including_out_of_range_values():
