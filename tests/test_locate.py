@@ -313,3 +313,35 @@ def test_import_names_a_missing_column(project, tmp_path):
     code, text = run_cli("--root", str(project), "--config", "bbbc022.json", "locate", "--overwrite",
                          "--from-cellprofiler", str(tmp_path / "Nuclei.csv"), "--image-key", "Plate_Image")
     assert code != 0 and "image key column(s) Plate_Image must be in both" in text
+
+
+def test_a_killed_locate_is_resumed_with_the_bytes_of_a_clean_run(project, tmp_path):
+    """SIGKILL after some sites were written: the re-run locates only the others; files equal a clean run's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _without_locations(project)
+    clean = tmp_path / "clean"
+    shutil.copytree(project, clean)
+    assert run_cli("--root", str(clean), "--config", "bbbc022.json", "locate")[0] == 0
+    folder = project / LOCATIONS
+    command = [sys.executable, "-m", "beam_pipelines", "--root", str(project), "--config", "bbbc022.json", "locate",
+               "--direct_num_workers", "1"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and not (folder.exists() and len(list(folder.glob("*-Nuclei.csv"))) >= 2):
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    written = len(list(folder.glob("*-Nuclei.csv")))
+    assert 2 <= written < 12, f"killed too late to test resume ({written} sites written)"
+    assert json.loads((folder / "_locate.json").read_text())["complete"] is False
+    code, text = run_cli("--root", str(project), "--config", "bbbc022.json", "locate")
+    assert code == 0 and f"sites located: {12 - written}; kept from an earlier run: {written}" in text, text
+    assert not list(folder.glob("*.tmp")) and not list(folder.glob(".*.tmp*"))
+    for path in sorted((clean / LOCATIONS).glob("*-Nuclei.csv")):
+        assert (folder / path.name).read_bytes() == path.read_bytes(), path.name
+    assert len(list(folder.glob("*-Nuclei.csv"))) == 12
