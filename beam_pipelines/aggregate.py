@@ -258,7 +258,7 @@ class AggregateProfiles(beam.PTransform):
             rows = read.rows
         else:
             # Strata that file names do not tell (e.g. a treatment across plates): cells are shuffled to
-            # their group; the runner's shuffle holds them (Dataflow and Flink spill it to disk).
+            # their group through the runner's shuffle (in memory on the DirectRunner).
             read = (
                 files
                 | "SpreadSiteFiles" >> beam.Reshuffle()

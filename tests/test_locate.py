@@ -266,7 +266,7 @@ def _assert_imported(project: Path, reference: dict) -> None:
         np.testing.assert_allclose(found, np.round(centres, 3), atol=5e-4, err_msg=key)
 
 
-@pytest.mark.parametrize("backend", ["csv", "sqlite", "parquet-by-filename"])
+@pytest.mark.parametrize("backend", ["csv", "sqlite", "sqlite-cytominer", "parquet-by-filename"])
 def test_import_from_cellprofiler_tables(project, example_root, backend, tmp_path):
     images, objects, reference = _cellprofiler_tables(example_root)
     _without_locations(project)
@@ -276,16 +276,17 @@ def test_import_from_cellprofiler_tables(project, example_root, backend, tmp_pat
         objects.to_csv(source, index=False)
         images.to_csv(tmp_path / "Image.csv", index=False)
         extra = ["--image-key", "ImageNumber"]
-    elif backend == "sqlite":  # ExportToDatabase + cytominer-database: prefixed columns and a TableNumber
+    elif backend.startswith("sqlite"):  # prefixed columns and a TableNumber; tables Per_X (CellProfiler) or X
         source = tmp_path / "plate.sqlite"
+        prefix = "" if backend == "sqlite-cytominer" else "Per_"
         with sqlite3.connect(source) as connection:
             images.rename(columns=lambda c: c if c == "ImageNumber" else f"Image_{c}").assign(TableNumber=3).to_sql(
-                "Per_Image", connection, index=False)
+                f"{prefix}Image", connection, index=False)
             objects.rename(columns={"ObjectNumber": "Nuclei_Number_Object_Number",
                                     "Location_Center_X": "Nuclei_Location_Center_X",
                                     "Location_Center_Y": "Nuclei_Location_Center_Y",
                                     "AreaShape_Area": "Nuclei_AreaShape_Area"}).assign(TableNumber=3).to_sql(
-                "Per_Nuclei", connection, index=False)
+                f"{prefix}Nuclei", connection, index=False)
     else:
         source = tmp_path / "nuclei.parquet"
         objects.to_parquet(source)
