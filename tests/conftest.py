@@ -183,3 +183,20 @@ def write_synthetic_features(root: Path, seed: int = 0) -> dict:
     return {"dataset": {"metadata": {"label_field": "Treatment", "control_value": "DMSO"},
                         "images": {"channels": ["DNA"], "width": 100, "height": 100}},
             "evaluate": {"annotation_column": "Metadata_moa", "null_size": 1000}}
+
+
+def kill_after_files(command: list[str], folder: Path, pattern: str, count: int, timeout: float = 240) -> int:
+    """Start ``command`` in its own process group, SIGKILL the group once ``folder`` holds ``count`` files
+    matching ``pattern`` (or at ``timeout``), and return how many such files were committed by then."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline and not (folder.exists() and len(list(folder.glob(pattern))) >= count):
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    return len(list(folder.glob(pattern)))

@@ -318,11 +318,9 @@ def test_import_names_a_missing_column(project, tmp_path):
 
 def test_a_killed_locate_is_resumed_with_the_bytes_of_a_clean_run(project, tmp_path):
     """SIGKILL after some sites were written: the re-run locates only the others; files equal a clean run's."""
-    import os
-    import signal
-    import subprocess
     import sys
-    import time
+
+    from tests.conftest import kill_after_files
 
     _without_locations(project)
     clean = tmp_path / "clean"
@@ -331,13 +329,7 @@ def test_a_killed_locate_is_resumed_with_the_bytes_of_a_clean_run(project, tmp_p
     folder = project / LOCATIONS
     command = [sys.executable, "-m", "beam_pipelines", "--root", str(project), "--config", "bbbc022.json", "locate",
                "--direct_num_workers", "1"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 180
-    while time.time() < deadline and not (folder.exists() and len(list(folder.glob("*-Nuclei.csv"))) >= 2):
-        time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    written = len(list(folder.glob("*-Nuclei.csv")))
+    written = kill_after_files(command, folder, "*-Nuclei.csv", 2)
     assert 2 <= written < 12, f"killed too late to test resume ({written} sites written)"
     assert json.loads((folder / "_locate.json").read_text())["complete"] is False
     code, text = run_cli("--root", str(project), "--config", "bbbc022.json", "locate")

@@ -324,13 +324,9 @@ def test_gpu_options_give_close_features_that_never_mix_with_float32_ones(small_
 
 def test_a_killed_profile_is_resumed_site_by_site(prepared, example_config_dict, tmp_path):
     """SIGKILL after some sites committed: the re-run profiles only the others, with a clean run's bytes."""
-    import os
-    import signal
-    import subprocess
     import sys
-    import time
 
-    from tests.conftest import assert_same_features, cnn_profile_project
+    from tests.conftest import assert_same_features, cnn_profile_project, kill_after_files
 
     reference, name = cnn_profile_project(prepared[0], tmp_path / "reference", example_config_dict)
     code, text = run_cli("--root", str(reference), "--config", name, "profile")
@@ -339,13 +335,7 @@ def test_a_killed_profile_is_resumed_site_by_site(prepared, example_config_dict,
     folder = root / "outputs/results/features/20585"
     command = [sys.executable, "-m", "beam_pipelines", "--root", str(root), "--config", name, "profile",
                "--direct_num_workers", "1"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and not (folder.exists() and len(list(folder.glob("*.parquet"))) >= 2):
-        time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    committed = len(list(folder.glob("*.parquet")))
+    committed = kill_after_files(command, folder, "*.parquet", 2)
     assert 2 <= committed < 12, f"killed too late to test resume ({committed} sites written)"
     code, text = run_cli("--root", str(root), "--config", name, "profile")
     assert code == 0, text
