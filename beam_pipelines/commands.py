@@ -182,7 +182,7 @@ def _run_import_loaddata(context: CommandContext, args: argparse.Namespace, emit
 # ---------------------------------------------------------------- evaluate
 def _run_evaluate(context: CommandContext, args: argparse.Namespace, emit: Emit) -> int:
     from dpcore import evaluation  # noqa: PLC0415 -- copairs and pandas only when the command runs
-    from dpcore.report import evaluation_dir, profiles_dir  # noqa: PLC0415
+    from dpcore.report import committed, evaluation_dir, profiles_dir  # noqa: PLC0415
 
     import pandas as pd  # noqa: PLC0415
 
@@ -191,6 +191,9 @@ def _run_evaluate(context: CommandContext, args: argparse.Namespace, emit: Emit)
     e, metadata = config.evaluate, config.dataset.metadata
     level = e.level or config.aggregate.level
     source = profiles_dir(context.layout) / f"{level}_normalized_feature_select.parquet"
+    if source.exists() and not committed(source.parent):
+        raise UsageError(f"{source} is not committed (no _manifest.json beside it: aggregate was interrupted or "
+                         f"failed): run aggregate again")
     if not source.exists():
         raise UsageError(f"{source} does not exist: run aggregate (with aggregate.level {level!r}) first")
     if not metadata.label_field or metadata.control_value is None:

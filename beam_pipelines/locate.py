@@ -51,6 +51,7 @@ from dpcore.storage import StoragePath, remove_stale_temporaries
 from beam_pipelines.context import CommandContext, UsageError
 from beam_pipelines.dead_letter import WriteDeadLetters, failure, read_failures, report_failures
 from beam_pipelines.index import ReadSites
+from beam_pipelines.prepare import MANIFEST_NAME as PREPARE_MANIFEST
 from beam_pipelines.progress import OutputProgress, ZeroForMissing, inc_counter
 from beam_pipelines.running import describe_graph, run_pipeline
 
@@ -183,7 +184,7 @@ class LocateSite(beam.DoFn):
             return None
         if plate not in self._functions:
             stats_file = s.layout.intensities_file(plate)
-            committed = (stats_file.parent / "prepare.json").exists()
+            committed = (stats_file.parent / PREPARE_MANIFEST).exists()
             self._functions[plate] = (read_statistics(stats_file).illum_correction_function[:, :, s.channel_index]
                                       if committed else None)
             if len(self._functions) > 4:

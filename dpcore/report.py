@@ -118,8 +118,14 @@ def embedding(profiles: pd.DataFrame, colour_by: str | None) -> bytes:
     return _png(figure)
 
 
+def committed(folder: StoragePath) -> bool:
+    """Whether the run that wrote ``folder`` finished: aggregate and evaluate write ``_manifest.json`` last and
+    remove it first, so files without it may be an interrupted run's or an earlier one's."""
+    return (folder / "_manifest.json").exists()
+
+
 def _read_parquet(path: StoragePath) -> pd.DataFrame | None:
-    if not path.exists():
+    if not path.exists() or not committed(path.parent):
         return None
     with path.open("rb") as handle:
         return pd.read_parquet(handle)

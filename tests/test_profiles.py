@@ -162,6 +162,17 @@ def test_phenotypic_activity_is_copairs_map_and_equals_average_precision_by_hand
         "treatments"] == 4
 
 
+def test_profiles_of_an_unfinished_aggregate_are_never_evaluated_or_reported(tmp_path, synthetic):
+    root = tmp_path / "project"
+    shutil.copytree(synthetic[0], root)
+    (root / PROFILES / "_manifest.json").unlink()  # as after an aggregate that failed before its last step
+    code, text = run_cli("--root", str(root), "--config", synthetic[1], "evaluate")
+    assert code != 0 and "is not committed (no _manifest.json beside it" in text
+    code, text = run_cli("--root", str(root), "--config", synthetic[1], "report")
+    assert code == 0 and "plate maps" in text and "embedding" in text
+    assert "No profiles yet: run dpbeam aggregate" in (root / "outputs/results/report/index.html").read_text()
+
+
 def test_evaluate_says_what_is_missing(tmp_path, synthetic):
     root = tmp_path / "project"
     (root / "inputs/config").mkdir(parents=True)
