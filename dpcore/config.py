@@ -327,9 +327,9 @@ class Config:
         return {key: known for key, known in self.unknown_keys.items() if known}
 
     def get(self, key_path: str) -> Any:
-        """The value at a dotted key path such as ``train.model.name``."""
+        """The value at a documented dotted key path such as ``train.model.name``."""
         node: Any = self
-        for part in key_path.split("."):
+        for part in _ATTRIBUTE_PATHS.get(key_path, key_path).split("."):
             node = getattr(node, part)
         return node
 
@@ -349,6 +349,17 @@ class Config:
     def channels(self) -> tuple[str, ...]:
         return self.dataset.images.channels or ()
 
+
+# Key paths of the JSON whose value the objects keep under another name (``aggregate`` is flat).
+_ATTRIBUTE_PATHS = {
+    "aggregate.normalize.method": "aggregate.normalize_method",
+    "aggregate.normalize.samples": "aggregate.normalize_samples",
+    "aggregate.feature_select.operations": "aggregate.feature_select",
+    "aggregate.feature_select.corr_threshold": "aggregate.corr_threshold",
+    "aggregate.feature_select.freq_cut": "aggregate.freq_cut",
+    "aggregate.feature_select.unique_cut": "aggregate.unique_cut",
+    "aggregate.feature_select.na_cutoff": "aggregate.na_cutoff",
+}
 
 # ----------------------------------------------------------------------- reader
 _MISSING = object()

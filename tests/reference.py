@@ -61,26 +61,30 @@ def compress(image: np.ndarray, function: np.ndarray, scaling_factor: float, pla
     return skimage.util.img_as_ubyte(skimage.exposure.rescale_intensity(clipped, out_range=(0.0, 1.0)))
 
 
-def crop_cell(image: np.ndarray, x: float, y: float, box: int) -> np.ndarray:
-    """One DeepProfiler crop, written out pixel-row by pixel-row from the definition.
+def resample_box(image: np.ndarray, box: tuple[float, float, float, float], size: int,
+                 extrapolation: float = 0.0) -> np.ndarray:
+    """``tf.image.crop_and_resize`` of one normalised ``(y1, x1, y2, x2)`` box, sample by sample.
 
-    Box = centre +- box/2, normalised by the image size; sample k of n spans
-    y1*(H-1) .. y2*(H-1); samples outside [0, H-1] (or [0, W-1]) are 0;
-    bilinear between the four neighbours; then (x - min) / (max - min + 1e-6)
-    per channel.
+    Sample k of n spans y1*(H-1) .. y2*(H-1) (one sample: the box's middle); samples outside
+    [0, H-1] (or [0, W-1]) take ``extrapolation``; bilinear between the four neighbours.
     """
     height, width, channels = image.shape
-    y1, y2 = (y - box / 2) / height, (y + box / 2) / height
-    x1, x2 = (x - box / 2) / width, (x + box / 2) / width
-    out = np.zeros((box, box, channels))
-    for i in range(box):
-        sy = y1 * (height - 1) + i * (y2 - y1) * (height - 1) / (box - 1)
+    y1, x1, y2, x2 = box
+
+    def position(start: float, end: float, extent: int, k: int) -> float:
+        if size == 1:
+            return 0.5 * (start + end) * (extent - 1)
+        return start * (extent - 1) + k * (end - start) * (extent - 1) / (size - 1)
+
+    out = np.full((size, size, channels), extrapolation, dtype=np.float64)
+    for i in range(size):
+        sy = position(y1, y2, height, i)
         if sy < 0 or sy > height - 1:
             continue
         y0, dy = int(np.floor(sy)), sy - np.floor(sy)
         y_next = min(y0 + 1, height - 1) if dy > 0 else y0
-        for j in range(box):
-            sx = x1 * (width - 1) + j * (x2 - x1) * (width - 1) / (box - 1)
+        for j in range(size):
+            sx = position(x1, x2, width, j)
             if sx < 0 or sx > width - 1:
                 continue
             x0, dx = int(np.floor(sx)), sx - np.floor(sx)
@@ -88,6 +92,15 @@ def crop_cell(image: np.ndarray, x: float, y: float, box: int) -> np.ndarray:
             top = image[y0, x0] * (1 - dx) + image[y0, x_next] * dx
             bottom = image[y_next, x0] * (1 - dx) + image[y_next, x_next] * dx
             out[i, j] = top * (1 - dy) + bottom * dy
+    return out
+
+
+def crop_cell(image: np.ndarray, x: float, y: float, box: int) -> np.ndarray:
+    """One DeepProfiler crop from the definition: the box centre +- box/2, normalised by the image size,
+    resampled (``resample_box``), then (x - min) / (max - min + 1e-6) per channel."""
+    height, width, _ = image.shape
+    out = resample_box(image.astype(np.float64), ((y - box / 2) / height, (x - box / 2) / width,
+                                                  (y + box / 2) / height, (x + box / 2) / width), box)
     low = out.min(axis=(0, 1))
     high = out.max(axis=(0, 1))
     return (out - low) / (high - low + 1e-6)

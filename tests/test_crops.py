@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dpcore.crops import (boxes_outside, cell_boxes, crop_and_resize, cut_crops, full_image_centres, quantise)
+from dpcore.crops import (boxes_outside, cell_boxes, crop_and_resize, cut_crops, full_image_centres, normalise_crops,
+                          object_ids, quantise)
 from tests import reference
 
 CHANNELS = ("DNA", "RNA", "ER", "AGP", "Mito")
@@ -31,6 +32,98 @@ def test_crops_match_the_definition_including_border_cells(site_image):
         expected = reference.crop_cell(image.astype(np.float64), x, y, 64)
         assert np.abs(crop - expected).max() <= 1 / 255
         assert np.abs(quantise(crop[None])[0] / 255.0 - expected).max() <= 1 / 255 + 1e-9
+
+
+def test_crop_and_resize_is_the_bilinear_definition_sample_by_sample():
+    """Every case of the kernel on a small 12-bit image, against tests/reference.resample_box: inside,
+    partly outside (each side), a box outside in y only, one wholly outside *before* valid boxes, a box
+    whose last sample lands exactly on row 0 / first on the last column, and one-sample crops."""
+    # 12-bit values in uint16: the kernel must compute in float (unsigned differences would wrap).
+    image = np.random.default_rng(3).integers(0, 4096, (13, 17, 2)).astype(np.uint16)
+    boxes = np.array([[0.12, 0.23, 0.71, 0.94],     # inside, fractional positions
+                      [-2.0, -2.0, -1.5, -1.5],     # wholly outside, before the others
+                      [-0.3, 0.1, 0.4, 0.6],        # above the top
+                      [0.5, 0.7, 1.3, 1.2],         # beyond the bottom right
+                      [-0.5, 0.2, 0.0, 0.8],        # last row sample exactly on row 0
+                      [0.2, 1.0, 0.9, 1.6],         # first column sample exactly on the last column
+                      [1.2, 0.1, 1.6, 0.5],         # outside in y only
+                      [0.0, 0.0, 1.0, 0.5],         # first row, first column and last row exactly on the edge
+                      [0.31, 0.42, 0.77, 0.58]])    # inside again
+    for size, fill in ((7, 0.0), (1, 0.0), (2, 0.0), (5, 9.5)):
+        found = crop_and_resize(image, boxes, size, fill) if fill else crop_and_resize(image, boxes, size)
+        assert found.dtype == np.float32 and found.shape == (len(boxes), size, size, 2)
+        for n, box in enumerate(boxes):
+            expected = reference.resample_box(image.astype(np.float64), tuple(box), size, fill)
+            np.testing.assert_allclose(found[n], expected, rtol=1e-5, atol=1e-3, err_msg=f"box {n}, size {size}")
+
+
+def test_boxes_touching_the_image_edge_are_not_outside():
+    boxes = np.array([[-0.5, 0.2, 0.0, 0.6],   # bottom edge on row 0
+                      [1.0, 0.2, 1.4, 0.6],    # top edge on the last row
+                      [0.2, -0.5, 0.6, 0.0],   # right edge on column 0
+                      [0.2, 1.0, 0.6, 1.4],    # left edge on the last column
+                      [-0.5, 0.2, -1e-6, 0.6], [1 + 1e-6, 0.2, 1.4, 0.6],
+                      [0.2, -0.5, 0.6, -1e-6], [0.2, 1 + 1e-6, 0.6, 1.4]])
+    assert list(boxes_outside(boxes)) == [False] * 4 + [True] * 4
+
+
+def test_object_ids_are_the_median_label_of_a_ten_pixel_patch():
+    labels = np.zeros((40, 40), np.int64)
+    labels[0:20, 0:20] = 3
+    labels[20:, 20:] = 7
+    labels[30:33, 30:33] = 9          # a minority inside the patch of (31, 31): the median is still 7
+    centres = np.array([[5.0, 5.0], [31.0, 31.0], [25.5, 4.0], [100.0, 100.0], [0.0, 39.0]])
+    assert list(object_ids(labels, centres)) == [3, 7, 0, 0, 0]
+    labels[35:, 0:10] = 4             # near the left edge the patch is cut at column 0, not wrapped
+    assert object_ids(labels, np.array([[0.0, 39.0]]))[0] == 4
+    # The patch is exactly rows y-5 .. y+4 and columns x-5 .. x+4: 51 of its 100 labels are 6, so the median
+    # is 6; a patch one row or column larger on any side (110 labels, 51 of them 6) would give 0.
+    exact = np.zeros((40, 40), np.int64)
+    exact[15:25, 15:25].flat[:51] = 6
+    assert object_ids(exact, np.array([[20.0, 20.0]]))[0] == 6
+    # At the border the patch starts at row/column 0 (8 rows x 10 columns here): row 0 tips the median.
+    border = np.zeros((40, 40), np.int64)
+    border[0, 15:25] = 6
+    border[1:8, 15:25].flat[:31] = 6
+    assert object_ids(border, np.array([[20.0, 3.0]]))[0] == 6
+    assert object_ids(border.T, np.array([[3.0, 20.0]]))[0] == 6
+
+
+def test_masked_crops_keep_only_their_own_object():
+    image = np.random.default_rng(4).uniform(10, 20, (30, 30, 2)).astype(np.float32)
+    labels = np.ones((30, 30), np.int64)
+    labels[:, 15:] = 2
+    boxes = cell_boxes(np.array([[13.0, 15.0], [17.0, 15.0]]), 8, (30, 30))  # both straddle the border
+    batch = cut_crops(image, boxes, 8, labels, np.array([1, 2]))
+    own = crop_and_resize(labels[:, :, None].astype(np.float32), boxes, 8)[..., 0]
+    for n, cell in enumerate((1, 2)):
+        expected = np.where((own[n] == cell)[:, :, None], crop_and_resize(image, boxes[n:n + 1], 8)[0], 0.0)
+        expected = (expected - expected.min((0, 1))) / (expected.max((0, 1)) - expected.min((0, 1)) + 1e-6)
+        np.testing.assert_allclose(batch.crops[n], expected, atol=1e-5)
+        assert (batch.crops[n][own[n] != cell] == 0).all() and (batch.crops[n][own[n] == cell] > 0).any()
+
+
+def test_nothing_left_gives_an_empty_float32_batch_with_the_counts():
+    image = np.ones((20, 20, 3), np.float32)
+    outside = cut_crops(image, np.array([[-2.0, -2.0, -1.0, -1.0]]), 8)
+    assert outside.crops.shape == (0, 8, 8, 3) and outside.crops.dtype == np.float32
+    assert (outside.outside, outside.invalid, list(outside.kept)) == (1, 0, [])
+    poisoned = np.full((20, 20, 3), np.nan, np.float32)
+    invalid = cut_crops(poisoned, cell_boxes(np.array([[10.0, 10.0], [5.0, 5.0]]), 8, (20, 20)), 8)
+    assert invalid.crops.shape == (0, 8, 8, 3) and invalid.crops.dtype == np.float32
+    assert (invalid.outside, invalid.invalid) == (0, 2)
+
+
+def test_a_nearly_flat_channel_stays_finite():
+    """The epsilon is added to the range: a channel spanning 1e-6 maps to [0, 0.5], never to inf."""
+    crops = np.zeros((1, 2, 2, 1), np.float32)
+    crops[0, 0, 0, 0] = np.float32(1e-6)
+    np.testing.assert_allclose(normalise_crops(crops).max(), 0.5, rtol=1e-3)
+
+
+def test_quantise_clips_and_rounds_to_bytes():
+    found = quantise(np.array([-0.5, 0.0, 0.5 / 255, 0.6 / 255, 0.5, 1.0, 1.7]))
+    assert found.dtype == np.uint8 and list(found) == [0, 0, 0, 1, 128, 255, 255]
 
 
 def test_crop_and_resize_equals_tensorflow(site_image):
@@ -72,8 +165,9 @@ def test_full_image_grid_is_deepprofilers():
     assert len(xs) == 6 and len(ys) == 5 and len(centres) == 30
     assert xs[0] == 64 and xs[-1] == 696 - 64 and ys[0] == 64 and ys[-1] == 520 - 64
     np.testing.assert_array_equal(full_image_centres(100, 100, 100), [[50, 50]])
-    with pytest.raises(ValueError):
-        full_image_centres(100, 100, 101)
+    for height, width in ((100, 200), (200, 100)):  # too tall or too wide: either is refused
+        with pytest.raises(ValueError, match="view_size 150 exceeds the image"):
+            full_image_centres(height, width, 150)
 
 
 def test_normalised_crops_span_zero_to_one(site_image):

@@ -11,8 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dpcore.compression import compress_channel, control_histogram, output_shape
-from dpcore.illumination import (PlateAccumulator, channel_histograms, compute_statistics, merge_accumulators,
-                                 read_statistics, site_contribution, write_statistics)
+from dpcore.illumination import (FIXED_POINT_SCALE, MIN_IMAGES_FOR_A_SMOOTH_FUNCTION, PlateAccumulator,
+                                 PlateStatistics, channel_histograms, compute_statistics, few_images_warning,
+                                 merge_accumulators, read_statistics, site_contribution, thumbnail_shape,
+                                 write_statistics)
 from dpcore.storage import StoragePath
 from tests import reference
 
@@ -147,3 +149,103 @@ def test_an_all_black_channel_gets_a_flat_function():
     contribution = site_contribution(np.zeros((16, 16, 1), np.uint16), 16, 2)
     stats = compute_statistics("p", ("DNA",), contribution, 4)
     np.testing.assert_array_equal(stats.illum_correction_function, np.ones((16, 16, 1)))
+
+
+def test_a_small_synthetic_plate_equals_the_reference_in_every_statistic():
+    """A 12-bit, 3-channel plate of odd size and a non-default down-scale and filter size, against
+    tests/reference.plate_statistics (scipy's median filter, numpy's histogram and percentiles)."""
+    rng = np.random.default_rng(5)
+    ramp = np.linspace(200, 3000, 45)[None, :, None]
+    stacks = [(rng.normal(0, 40, (37, 45, 3)) + ramp * np.array([1.0, 0.7, 1.3])).clip(0, 4095).astype(np.uint16)
+              for _ in range(4)]
+    expected = reference.plate_statistics([s.astype(np.float64) for s in stacks], bits=12, down_scale_factor=3,
+                                          median_filter_size=6)
+    found = compute_statistics("p", ("A", "B", "C"),
+                               merge_accumulators([site_contribution(s, 12, 3, source=f"s{i}.tif")
+                                                   for i, s in enumerate(stacks)]), 6)
+    assert found.histogram.shape == (3, 4096) and found.image_count == 4 and found.original_size == (37, 45, 3)
+    np.testing.assert_array_equal(found.histogram, expected["histogram"])
+    np.testing.assert_array_equal(found.lower_percentiles, expected["lower_percentiles"])
+    np.testing.assert_array_equal(found.upper_percentiles, expected["upper_percentiles"])
+    np.testing.assert_allclose(found.mean_values, expected["mean_values"], rtol=1e-12)
+    assert found.mean_image.shape == (12, 15, 3)
+    np.testing.assert_allclose(found.mean_image, expected["mean_image"], rtol=1e-6)
+    np.testing.assert_allclose(found.illum_correction_function, expected["illum_correction_function"], rtol=1e-6)
+
+
+def test_a_channel_without_pixels_in_range_names_the_bits_key():
+    contribution = site_contribution(np.full((8, 8, 2), 300, np.uint16), 8, 2)  # 300 > 255: nothing counted
+    with pytest.raises(ValueError, match=r"plate p: channel B has no pixel inside \[0, 256\).*dataset.images.bits"):
+        compute_statistics("p", ("B", "C"), contribution, 4)
+    with pytest.raises(ValueError, match="plate q: no readable image"):
+        compute_statistics("q", ("B",), PlateAccumulator(), 4)
+
+
+def test_few_images_warn_below_the_threshold_only():
+    assert few_images_warning("p", MIN_IMAGES_FOR_A_SMOOTH_FUNCTION) is None
+    text = few_images_warning("p", MIN_IMAGES_FOR_A_SMOOTH_FUNCTION - 1)
+    assert text.startswith(f"only {MIN_IMAGES_FOR_A_SMOOTH_FUNCTION - 1} image(s) per channel in plate p")
+
+
+def test_histograms_of_every_input_kind():
+    """Signed, out-of-range (negative, exactly 2**bits, above), float and many-channel inputs all count as
+    np.histogram over [0, 2**bits) with its closed last bin."""
+    rng = np.random.default_rng(2)
+    signed = rng.integers(-50, 300, size=(9, 11, 3)).astype(np.int32)
+    signed[0, 0, 1] = 256  # exactly 2**bits: numpy's last bin is closed
+    floats = rng.uniform(-5, 270, size=(9, 11, 3))
+    for stack in (signed, floats, signed.astype(np.uint16).clip(0, 255)):
+        found = channel_histograms(stack, bits=8)
+        assert found.shape == (3, 256) and found.dtype == np.int64
+        for c in range(3):
+            np.testing.assert_array_equal(found[c], np.histogram(stack[:, :, c], bins=256, range=(0, 256))[0])
+
+
+def test_a_site_contribution_holds_the_trimmed_histogram_and_the_fixed_point_thumbnail():
+    stack = np.zeros((12, 16, 2), np.uint16)
+    stack[:, :, 0] = 7
+    stack[3, 4, 1] = 100
+    found = site_contribution(stack, 12, 4, source="site.tif")
+    assert (found.count, found.shape, found.sources, found.depth) == (1, (12, 16, 2), ("site.tif",), 4096)
+    assert found.histogram.shape == (2, 101), "bins above the brightest pixel are left out"
+    assert found.histogram[0, 7] == 192 and found.histogram[1, 100] == 1 and found.histogram[1, 0] == 191
+    assert found.full_histogram().shape == (2, 4096) and found.full_histogram()[:, 101:].sum() == 0
+    assert found.histogram.dtype == found.full_histogram().dtype == np.int64
+    assert site_contribution(np.full((4, 4, 2), 300, np.uint16), 8, 2).histogram.shape == (2, 0), "nothing in range"
+    assert thumbnail_shape(12, 16, 4) == (3.0, 4.0) and found.mean_sum.shape == (3, 4, 2)
+    np.testing.assert_array_equal(found.mean_sum[:, :, 0], np.full((3, 4), 7 * FIXED_POINT_SCALE, np.int64))
+    assert site_contribution(stack, 12, 4).sources == ()
+    black = site_contribution(np.zeros((4, 4, 1), np.uint16), 8, 2)
+    assert black.histogram.shape == (1, 1) and black.full_histogram().shape == (1, 256)
+    with pytest.raises(ValueError, match=r"a\.tif: expected an \(H, W, C\) stack, got shape \(4, 4\)"):
+        site_contribution(np.zeros((4, 4), np.uint16), 8, 2, source="a.tif")
+
+
+def test_merging_keeps_one_source_the_widest_histogram_and_skips_nothing_else():
+    dim = site_contribution(np.full((8, 8, 1), 3, np.uint16), 16, 2, source="b.tif")
+    bright = site_contribution(np.full((8, 8, 1), 900, np.uint16), 16, 2, source="a.tif")
+    for parts in ([dim, bright], [bright, None, dim], [PlateAccumulator(), dim, bright]):
+        merged = merge_accumulators(parts)
+        assert merged.count == 2 and merged.sources == ("a.tif",) and merged.depth == 65536
+        assert merged.histogram.shape == (1, 901) and merged.histogram[0, 3] == 64 and merged.histogram[0, 900] == 64
+        np.testing.assert_array_equal(merged.mean_sum, dim.mean_sum + bright.mean_sum)
+    assert dim.histogram.shape == (1, 4), "merging never changes its inputs"
+
+
+def test_every_statistic_survives_the_npz_round_trip(tmp_path):
+    rng = np.random.default_rng(8)
+    statistics = PlateStatistics(
+        plate="P1", channels=("DNA", "ER"), mean_values=rng.random(2), lower_percentiles=rng.random(2),
+        upper_percentiles=rng.random(2), histogram=rng.random((2, 256)), mean_image=rng.random((3, 4, 2)),
+        original_size=(12, 16, 2), illum_correction_function=1 + rng.random((12, 16, 2)), image_count=9)
+    path = StoragePath(str(tmp_path / "P1.npz"))
+    for controls in (None, rng.random((2, 256))):
+        write_statistics(path, PlateStatistics(**{**statistics.__dict__, "controls_distribution": controls}))
+        loaded = read_statistics(path)
+        assert (loaded.plate, loaded.channels, loaded.original_size, loaded.image_count) == \
+            ("P1", ("DNA", "ER"), (12, 16, 2), 9)
+        for name in ("mean_values", "lower_percentiles", "upper_percentiles", "histogram", "mean_image",
+                     "illum_correction_function"):
+            np.testing.assert_array_equal(getattr(loaded, name), getattr(statistics, name), err_msg=name)
+        expected = np.zeros((2, 256)) if controls is None else controls
+        np.testing.assert_array_equal(loaded.controls_distribution, expected)
