@@ -11,12 +11,17 @@ commands that run no pipeline refuse such leftovers.
 Exit status: 0 success; 1 the command ran but found problems or failed
 records (they are listed); 2 the command line or the config is wrong;
 130 interrupted (Ctrl-C).
+
+``DPBEAM_COMMAND_LOG=FOLDER`` appends every finished command line and its exit status to
+``FOLDER/<pid>.jsonl``: the test suite sets it to prove that every command line the README shows
+was run by some test (tests/readme_commands.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
+import json
 import logging
 import os
 import signal
@@ -132,8 +137,24 @@ def _emit(text: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None, *, emit: Callable[[str], None] = _emit) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    code = _run(arguments, emit)
+    _log_command_line(arguments, code)
+    return code
+
+
+def _log_command_line(arguments: list[str], code: int) -> None:
+    """Append the command line and its exit status to ``$DPBEAM_COMMAND_LOG/<pid>.jsonl`` when set."""
+    folder = os.environ.get("DPBEAM_COMMAND_LOG")
+    if folder:
+        line = json.dumps({"argv": arguments, "exit": code}) + "\n"
+        with open(os.path.join(folder, f"{os.getpid()}.jsonl"), "a", encoding="utf-8") as log:
+            log.write(line)
+
+
+def _run(arguments: list[str], emit: Callable[[str], None]) -> int:
     parser = build_parser()
-    args, leftovers = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    args, leftovers = parser.parse_known_args(arguments)
     spec = commands.BY_NAME[args.command]
     try:
         _configure_logging(args.log_level)

@@ -208,10 +208,11 @@ def predict_function(model: keras.Model, batch_size: int | None = None,
 
     With ``batch_size`` every call runs on exactly that many crops (a short
     batch is padded with zeros and the padding's outputs dropped): one graph,
-    traced once, and a cell's features do not depend on which cells shared its
-    batch -- kernels may pick other algorithms for other batch shapes, which
-    changes the last bits. So runs on any runner, with any bundling, agree
-    bit for bit.
+    traced once, so kernels never pick other algorithms for other batch shapes.
+    A cell's features still depend on its position in the batch in the last bits
+    on some CPUs (AMD EPYC: 2e-10 at batch 8, where Eigen's matrix kernels treat
+    the last rows of a block apart; Intel machines gave equal bits): runs with
+    other bundling agree to float32 rounding, not always bit for bit.
 
     With ``xla`` the frozen graph is compiled by XLA (for GPUs; see ``dpcore.acceleration``). Outputs are
     float32 whatever precision the model computes in.

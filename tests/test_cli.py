@@ -204,6 +204,8 @@ def test_dry_run_builds_the_job_graph_and_touches_nothing(project):
     before = _tree(project)
     code, text = run("--root", str(project), "--config", "bbbc022.json", "prepare", "--dry_run")
     assert code == 0, text
+    code, listing = run("--root", str(project), "--config", "bbbc022.json", "export-sc", "--dry-run")  # the README's
+    assert code == 0 and "dry run: built the job graph for DirectRunner" in listing and "    WriteShards" in listing
     assert "dry run: built the job graph for DirectRunner" in text and "nothing was run, written or removed" in text
     steps = text.splitlines()
     assert steps.index("    ReadSiteContributions") < steps.index("    CompressSites") < steps.index(

@@ -179,7 +179,7 @@ def test_bad_inputs_go_to_the_dead_letter_and_the_rest_completes(project, exampl
 
 def test_png_format_reproduces_deepprofilers_layout(project, example_config_dict):
     name = raw_config(project, example_config_dict, box_size=64)
-    code, text = export(project, "--format", "png", config=name)
+    code, text = export(project, "--format", "png", "--overwrite", config=name)  # as the README shows it
     assert code == 0, text
     out = project / "outputs/single-cells"
     index = pd.read_csv(out / "sc-metadata.csv", dtype=str)
@@ -191,7 +191,7 @@ def test_png_format_reproduces_deepprofilers_layout(project, example_config_dict
 
 def test_full_image_mode_exports_deepprofilers_tiles(project, example_config_dict):
     name = raw_config(project, example_config_dict, mode="full_image", box_size=64, view_size=256)
-    code, text = export(project, "--gzip", config=name)
+    code, text = export(project, "--overwrite", "--gzip", "--shard-mb", "64", config=name)  # the README's line
     assert code == 0, text
     out = project / "outputs/single-cells"
     records = read_shards(out, box=64)
@@ -295,3 +295,29 @@ def test_a_killed_export_is_resumed_shard_by_shard(exported, tmp_path):
     ours = tree_bytes(out)
     assert sorted(ours) == sorted(reference)
     assert [name for name in ours if ours[name] != reference[name]] == []
+
+
+def test_labels_and_splits_come_from_the_configured_columns(project, example_config_dict):
+    """train.partition.targets, split_field, training and validation under other names than the example's:
+    every cell's label and split follow them (and nothing is read from a column named Treatment or Split)."""
+    index = pd.read_csv(project / "inputs/metadata/index.csv", dtype=str)
+    index = index.rename(columns={"Treatment": "Compound", "Split": "Fold"})
+    index["Fold"] = index["Fold"].map({"0": "fit", "1": "check"})
+    index.to_csv(project / "inputs/metadata/index.csv", index=False)
+    data = json.loads(json.dumps(example_config_dict))
+    data["prepare"]["compression"]["implement"] = False
+    data["dataset"]["locations"]["box_size"] = 64
+    data["dataset"]["metadata"]["label_field"] = "Compound"
+    data["train"]["partition"] = {"targets": ["Compound"], "split_field": "Fold", "training": ["fit"],
+                                  "validation": ["check"]}
+    code, text = export(project, config=write_config(project, data))
+    assert code == 0, text
+    out = project / "outputs/single-cells"
+    manifest = json.loads((out / "manifest.json").read_text())
+    cells = pd.read_parquet(out / "sc-metadata")
+    assert sorted(manifest["labels"]) == ["DMSO", "NIFLUMIC ACID"] and len(cells) == 808
+    assert manifest["counts"]["training"] == int((cells["Fold"] == "fit").sum()) > 0
+    assert manifest["counts"]["validation"] == int((cells["Fold"] == "check").sum()) > 0
+    assert (cells["Split_Set"] == cells["Fold"].map({"fit": "training", "check": "validation"})).all()
+    first = read_shards(out, box=64)[0]  # dataset.locations.box_size 64, not the example's 128
+    assert first["image"].shape == (64, 64, 5) and first["label_name"] in ("DMSO", "NIFLUMIC ACID")

@@ -30,10 +30,14 @@ def test_frozen_inference_equals_keras_predict(efficientnet_cut):
 
 
 def test_a_cells_features_do_not_depend_on_its_batch(efficientnet_cut):
+    """Within float32 rounding: on some CPUs the matrix kernels give a row's last bits by its position in
+    the batch (AMD EPYC here: 2e-10 on features of 1e-4), never more."""
     crops = np.random.default_rng(1).random((20, 64, 64, 5), dtype=np.float32)
     predict = models.predict_function(efficientnet_cut, 8)
     alone = np.concatenate([predict(crops[i:i + 1]) for i in range(len(crops))])
-    assert np.array_equal(predict(crops), alone)
+    together = predict(crops)
+    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6 * np.abs(alone).max())
+    np.testing.assert_array_equal(predict(crops), together)  # the same call twice: the same bits
 
 
 def test_local_threads_share_the_cores_and_the_setting_does_not_leak(monkeypatch):

@@ -252,3 +252,55 @@ def test_two_local_worker_processes_give_the_same_outputs(project, prepared):
     assert output_files(project) == output_files(reference_root)
     for key, value in load_npz(reference_root).items():
         np.testing.assert_array_equal(load_npz(project)[key], value, err_msg=key)
+
+
+def test_every_prepare_setting_reaches_the_outputs(project, example_config_dict):
+    """An 8-bit copy of four sites prepared with bits 8, down_scale_factor 2, median_filter_size 10 and
+    scaling_factor 0.5 (none of them the default): statistics and PNGs equal the independent computation
+    with the same settings, so a setting read but not passed on would fail here."""
+    index = index_of(project)
+    index = index[index["Metadata_Site"].isin(["1", "2"])]
+    # Other names for the label column and the control: the controls' histogram must find them.
+    index = index.rename(columns={"Treatment": "Compound"}).replace({"Compound": {"DMSO": "vehicle"}})
+    index.to_csv(project / "inputs/metadata/index.csv", index=False)
+    for _, row in index.iterrows():
+        for channel in CHANNELS:
+            path = project / "inputs/images" / row[channel]
+            tifffile.imwrite(path, (tifffile.imread(path) >> 4).astype(np.uint8))  # 12-bit data as 8-bit
+    data = json.loads(json.dumps(example_config_dict))
+    data["dataset"]["images"]["bits"] = 8
+    data["dataset"]["metadata"] = {"label_field": "Compound", "control_value": "vehicle"}
+    data["train"]["partition"]["targets"] = ["Compound"]
+    data["prepare"] = {"illumination_correction": {"down_scale_factor": 2, "median_filter_size": 10},
+                       "compression": {"implement": True, "scaling_factor": 0.5}}
+    code, text = prepare(project, config=write_config(project, data))
+    assert code == 0, text
+    assert "control sites: 2" in text, text  # A13-1 and A13-2
+    stacks = [reference.read_stack([project / "inputs/images" / row[c] for c in CHANNELS]) for _, row in index.iterrows()]
+    expected = reference.plate_statistics(stacks, bits=8, down_scale_factor=2, median_filter_size=10)
+    ours = load_npz(project)
+    assert ours["histogram"].shape == (5, 256) and ours["mean_image"].shape == (260, 348, 5)
+    for name in ("histogram", "lower_percentiles", "upper_percentiles"):
+        np.testing.assert_array_equal(ours[name], expected[name], err_msg=name)
+    np.testing.assert_allclose(ours["illum_correction_function"], expected["illum_correction_function"], rtol=1e-6)
+    for site, (_, row) in enumerate(index.iterrows()):
+        for c, channel in enumerate(CHANNELS):
+            theirs = reference.compress(stacks[site][:, :, c], expected["illum_correction_function"][:, :, c], 0.5,
+                                        expected["upper_percentiles"][c])
+            mine = png(project, row[channel])
+            assert mine.shape == (260, 348) and np.abs(mine.astype(int) - theirs.astype(int)).max() <= 1, row[channel]
+    controls = np.zeros((5, 256))
+    for _, row in index[index["Compound"] == "vehicle"].iterrows():
+        for c, channel in enumerate(CHANNELS):
+            controls[c] += np.bincount(png(project, row[channel]).ravel(), minlength=256)
+    np.testing.assert_array_equal(ours["controls_distribution"], controls)
+
+
+def test_cellprofiler_functions_chosen_in_the_config_need_their_index_columns(project, example_config_dict):
+    """prepare.illumination_correction.functions "cellprofiler" (no command-line flag): the index must name
+    each plate's .npy functions; the example's does not, and prepare says so before any work."""
+    data = json.loads(json.dumps(example_config_dict))
+    data["prepare"]["illumination_correction"]["functions"] = "cellprofiler"
+    code, text = prepare(project, config=write_config(project, data))
+    assert code == 2 and "Illum_DNA" in text, text
+    assert not (project / "outputs/intensities").exists() or not list((project / "outputs/intensities").rglob("*.npz"))

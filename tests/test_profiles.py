@@ -7,13 +7,9 @@ and the report opened in a real headless browser (Debian's chromium).
 
 from __future__ import annotations
 
-import base64
 import glob
-import io
 import json
-import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +19,7 @@ from PIL import Image
 from pycytominer import aggregate as pycytominer_aggregate
 from pycytominer import feature_select as pycytominer_feature_select
 
-from tests.conftest import cnn_profile_project, run_cli, write_config, write_synthetic_features
+from tests.conftest import check_report, run_cli, write_config, write_synthetic_features
 
 PROFILES = "outputs/results/profiles"
 STRATA = ["Metadata_Plate", "Metadata_Well"]
@@ -181,29 +177,6 @@ def test_evaluate_says_what_is_missing(tmp_path, synthetic):
 
 
 # ------------------------------------------------------------------ report
-def chromium(*args: str) -> subprocess.CompletedProcess:
-    executable = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert executable, "Debian's chromium is required (scripts/test.sh installs it)"
-    return subprocess.run([executable, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                           *args], capture_output=True, text=True, timeout=120, check=False)
-
-
-def check_report(page: Path, tmp_path: Path) -> None:
-    text = page.read_text()
-    sources = re.findall(r'<img alt="[^"]*" src="data:image/png;base64,([^"]+)"', text)
-    assert sources and len(sources) == text.count("<img")
-    for data in sources:
-        picture = Image.open(io.BytesIO(base64.b64decode(data)))
-        picture.verify()
-    dom = chromium("--virtual-time-budget=5000", "--dump-dom", page.as_uri()).stdout
-    loaded = re.search(r'data-images-loaded="(\d+)/(\d+)"', dom)
-    assert loaded and loaded.group(1) == loaded.group(2) == str(len(sources)), dom[-500:]
-    shot = tmp_path / "report.png"
-    chromium(f"--screenshot={shot}", "--window-size=1200,3000", page.as_uri())
-    pixels = np.asarray(Image.open(shot).convert("L"))
-    assert pixels.shape == (3000, 1200) and pixels.std() > 10  # a page was drawn, not a blank window
-
-
 def test_report_of_a_synthetic_screen_loads_every_figure_in_a_browser(tmp_path, synthetic):
     root = tmp_path / "project"
     shutil.copytree(synthetic[0], root)
@@ -217,25 +190,6 @@ def test_report_of_a_synthetic_screen_loads_every_figure_in_a_browser(tmp_path, 
                     "Provenance"):
         assert f"<h2>{heading}</h2>" in html
     assert "drugA2" in html and "No crop montage yet: run dpbeam export-sc" in html
-    check_report(page, tmp_path)
-
-
-def test_example_profile_aggregate_evaluate_report(prepared, example_config_dict, tmp_path):
-    """The README's chain on the real example: sites as replicates (two wells only)."""
-    root, name = cnn_profile_project(prepared[0], tmp_path / "project", example_config_dict)
-    config = json.loads((root / "inputs/config" / name).read_text())
-    config.update({"aggregate": {"level": "sites"}, "evaluate": {"null_size": 1000}})
-    name = write_config(root, config, "chain.json")
-    for command in ("export-sc", "profile", "aggregate", "evaluate", "report"):
-        code, text = run_cli("--root", str(root), "--config", name, command)
-        assert code == 0, f"{command}: {text}"
-    sites = pd.read_parquet(root / PROFILES / "sites.parquet")
-    assert len(sites) == 12 and sites["Metadata_Object_Count"].sum() == 808
-    activity = pd.read_parquet(root / "outputs/results/evaluation/phenotypic_activity.parquet")
-    assert list(activity["Metadata_Treatment"]) == ["NIFLUMIC ACID"]
-    page = root / "outputs/results/report/index.html"
-    html = page.read_text()
-    assert "No illumination functions" not in html and "No crop montage" not in html
     check_report(page, tmp_path)
 
 
