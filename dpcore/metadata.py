@@ -115,13 +115,27 @@ def check_columns(frame: pd.DataFrame, required: Iterable[str], source: str) -> 
             f"it has {', '.join(frame.columns) or 'no columns'}")
 
 
-def _row_to_site(columns: list[str], values: tuple, channels: Sequence[str], row_number: int
-                 ) -> tuple[Site | None, str | None]:
-    """(Site, None) for a usable row, (None, problem) for one with blank keys or image paths."""
+# dataset.images.file_format: the image file extensions each value stands for (DeepProfiler's "tif" reads
+# ".tiff" files too; it named compressed PNGs by replacing ".<file_format>" in the path, which a file of
+# another type silently escapes).
+FILE_EXTENSIONS = {"tif": (".tif", ".tiff"), "tiff": (".tif", ".tiff"), "png": (".png",)}
+
+
+def _row_to_site(columns: list[str], values: tuple, channels: Sequence[str], row_number: int,
+                 file_format: str | None = None) -> tuple[Site | None, str | None]:
+    """(Site, None) for a usable row, (None, problem) for one with blank keys or image paths, or (with
+    ``file_format``) an image whose file name is not of that format."""
     row = dict(zip(columns, values))
     blank = [c for c in list(SITE_COLUMNS) + list(channels) if not str(row[c]).strip()]
     if blank:
         return None, f"line {row_number + 2}: empty value in column(s) {', '.join(blank)}"
+    if file_format is not None:
+        extensions = FILE_EXTENSIONS[file_format]
+        other = [c for c in channels if not str(row[c]).strip().lower().endswith(extensions)]
+        if other:
+            return None, (f"line {row_number + 2}: {other[0]} image {str(row[other[0]]).strip()!r} is not a "
+                          f"{'/'.join(e[1:] for e in extensions)} file (dataset.images.file_format "
+                          f"{file_format!r})")
     return Site(
         plate=row[PLATE].strip(), well=row[WELL].strip(), site=row[SITE].strip(),
         channel_files=tuple(str(row[c]).strip() for c in channels),
@@ -202,7 +216,8 @@ def scan_index(path: "StoragePath | str", config: Config, command: str, sample_s
             checked = True
         columns = list(chunk.columns)
         for values in chunk.itertuples(index=False, name=None):
-            site, text = _row_to_site(columns, values, config.channels, scan.sites + scan.problem_count)
+            site, text = _row_to_site(columns, values, config.channels, scan.sites + scan.problem_count,
+                                      config.dataset.images.file_format)
             if site is None:
                 problem(text)
                 continue
@@ -226,15 +241,17 @@ def scan_index(path: "StoragePath | str", config: Config, command: str, sample_s
     return scan
 
 
-def sites_from_index(frame: pd.DataFrame, channels: Sequence[str], source: str) -> list[Site]:
-    """Turn index rows into :class:`Site` records, refusing blank keys and duplicates."""
+def sites_from_index(frame: pd.DataFrame, channels: Sequence[str], source: str,
+                     file_format: str | None = None) -> list[Site]:
+    """Turn index rows into :class:`Site` records, refusing blank keys, duplicates and (with
+    ``file_format``) images of another format."""
     check_columns(frame, list(SITE_COLUMNS) + list(channels), source)
     problems: list[str] = []
     seen: dict[tuple[str, str, str], int] = {}
     sites: list[Site] = []
     columns = list(frame.columns)
     for row_number, values in enumerate(frame.itertuples(index=False, name=None)):
-        site, problem = _row_to_site(columns, values, channels, row_number)
+        site, problem = _row_to_site(columns, values, channels, row_number, file_format)
         if site is None:
             problems.append(problem)
             continue
@@ -258,7 +275,7 @@ def load_sites(path: "StoragePath | str", config: Config, command: str) -> list[
     path = as_storage_path(path)
     frame = read_index(path)
     check_columns(frame, required_columns(config, command), str(path))
-    return sites_from_index(frame, config.channels, str(path))
+    return sites_from_index(frame, config.channels, str(path), config.dataset.images.file_format)
 
 
 def summarise(sites: Sequence[Site]) -> dict[str, int]:

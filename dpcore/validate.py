@@ -97,7 +97,7 @@ def validate_project(layout: ProjectLayout, config: Config,
         report.problems.append(str(error))
         return report
     try:
-        sites = sites_from_index(frame, config.channels, str(index_path))
+        sites = sites_from_index(frame, config.channels, str(index_path), config.dataset.images.file_format)
     except MetadataError as error:
         report.problems.append(str(error))
         return report

@@ -122,3 +122,23 @@ def test_scan_refuses_blank_cells_with_their_lines(tmp_path, example_config_dict
                             "P,A01,1,a.tif,b.tif,x,0\nP,A02,1,,d.tif,x,0\n")
     with pytest.raises(MetadataError, match="line 3: empty value in column"):
         scan_index(path, parse_config(data), "prepare")
+
+
+def test_images_of_another_format_than_the_configs_are_refused_by_line(tmp_path, example_config_dict):
+    """dataset.images.file_format: "tif" takes .tif and .tiff (any case, URLs too); a .png is refused with
+    its line and column, by the launchers' scan and by validate's reading alike."""
+    from dpcore.metadata import scan_index
+
+    def config(file_format: str):
+        images = {**example_config_dict["dataset"]["images"], "channels": CHANNELS, "file_format": file_format}
+        return parse_config({**example_config_dict, "dataset": {**example_config_dict["dataset"], "images": images}})
+
+    path = _write(tmp_path, "Metadata_Plate,Metadata_Well,Metadata_Site,DNA,RNA,Treatment,Split\n"
+                            "P,A01,1,a.tif,s3://bucket/b.TIFF,x,0\nP,A02,1,c.tif,d.png,x,0\n")
+    message = r"line 3: RNA image 'd.png' is not a tif/tiff file \(dataset.images.file_format 'tif'\)"
+    with pytest.raises(MetadataError, match=message):
+        scan_index(path, config("tif"), "prepare")
+    with pytest.raises(MetadataError, match=message):
+        load_sites(path, config("tif"), "prepare")
+    with pytest.raises(MetadataError, match=r"line 2: DNA image 'a.tif' is not a png file"):
+        load_sites(path, config("png"), "prepare")
