@@ -146,10 +146,15 @@ def main(argv: Sequence[str] | None = None, *, emit: Callable[[str], None] = _em
 def _log_command_line(arguments: list[str], code: int) -> None:
     """Append the command line and its exit status to ``$DPBEAM_COMMAND_LOG/<pid>.jsonl`` when set."""
     folder = os.environ.get("DPBEAM_COMMAND_LOG")
-    if folder:
-        line = json.dumps({"argv": arguments, "exit": code}) + "\n"
+    if not folder:
+        return
+    line = json.dumps({"argv": arguments, "exit": code}) + "\n"
+    try:  # the command's outcome stands whatever happens to its log line
+        os.makedirs(folder, exist_ok=True)
         with open(os.path.join(folder, f"{os.getpid()}.jsonl"), "a", encoding="utf-8") as log:
             log.write(line)
+    except OSError as error:
+        logger.warning("DPBEAM_COMMAND_LOG: could not record the command line: %s", error)
 
 
 def _run(arguments: list[str], emit: Callable[[str], None]) -> int:

@@ -143,3 +143,22 @@ def test_the_synopsis_global_options_take_effect(cnn_profile):
     features = pd.read_parquet(root / "outputs/gpu-run/features")
     assert set(features["Metadata_Site"]) == {"1"} and len(features) == len(cells)
     assert not (root / "outputs/results/features").exists()
+
+
+def test_the_command_log_records_each_line_and_never_fails_a_command(tmp_path, monkeypatch):
+    import json
+
+    from beam_pipelines.cli import main
+
+    root = tmp_path / "project"
+    monkeypatch.setenv("DPBEAM_COMMAND_LOG", str(tmp_path / "log" / "new"))
+    assert main(["--root", str(root), "setup"], emit=lambda text: None) == 0
+    assert main(["--root", str(root), "split", "--parts", "0"],
+                emit=lambda text: None) == 2
+    records = [json.loads(line) for path in (tmp_path / "log/new").glob("*.jsonl") for line in path.open()]
+    assert records == [{"argv": ["--root", str(root), "setup"], "exit": 0},
+                       {"argv": ["--root", str(root), "split", "--parts", "0"], "exit": 2}]
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("DPBEAM_COMMAND_LOG", str(blocker / "log"))  # cannot be a folder: the command still succeeds
+    assert main(["--root", str(root), "setup"], emit=lambda text: None) == 0
