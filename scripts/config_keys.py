@@ -32,7 +32,8 @@ sys.path.insert(0, str(REPOSITORY))
 
 from tests.config_keys import ENVIRONMENT_VARIABLE, KEY_TESTS, reader_keys  # noqa: E402
 
-READER_TESTS = "tests/test_config.py"
+# The reader's own tests, and this check's: they would fail for the reader's sake, not a consumer's.
+READER_TESTS = ("tests/test_config.py", "tests/test_config_keys.py")
 # --discover: after the tests that mention a key, the tests of the commands that read its section.
 SECTION_FILES = {
     "dataset": ("tests/test_prepare_pipeline.py", "tests/test_export_pipeline.py", "tests/test_profile_pipeline.py"),
@@ -47,34 +48,24 @@ PER_KEY_TIMEOUT_S = 900
 
 
 def candidate_tests(key: str, limit: int) -> list[str]:
-    """The tests that mention the key's last name, then those of the files reading its section."""
-    section_files = SECTION_FILES.get(key.split(".", 1)[0], ())
-    *parents, name = key.split(".")
-    found = [test for test in mentioning_tests(name) if mentions(test, parents[-1])]
-    for path in section_files:
+    """The tests that mention the key's last two names, then those of the files reading its section."""
+    *_, parent, name = key.split(".")
+    found = [test for path in sorted((REPOSITORY / "tests").glob("test_*.py"))
+             if path.relative_to(REPOSITORY).as_posix() not in READER_TESTS
+             for test in test_functions(path, (parent, name))]
+    for path in SECTION_FILES.get(key.split(".", 1)[0], ()):
         found += [test for test in test_functions(REPOSITORY / path) if test not in found]
     return found[:limit]
 
 
-def test_functions(path: Path, name: str | None = None, only: str | None = None) -> list[str]:
+def test_functions(path: Path, names: tuple[str, ...] = ()) -> list[str]:
+    """``path::test_name`` of the module's test functions whose source mentions every one of ``names``."""
     relative = path.relative_to(REPOSITORY).as_posix()
     source = path.read_text()
     return [f"{relative}::{node.name}" for node in ast.parse(source).body
-            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_") and only in (None, node.name)
-            and (name is None or re.search(rf"\b{re.escape(name)}\b", ast.get_source_segment(source, node) or ""))]
-
-
-def mentions(test: str, name: str) -> bool:
-    return bool(test_functions(REPOSITORY / test.split("::")[0], name, only=test.split("::")[1]))
-
-
-def mentioning_tests(name: str) -> list[str]:
-    """Test functions (outside the reader's own tests) whose source mentions ``name``."""
-    found = []
-    for path in sorted((REPOSITORY / "tests").glob("test_*.py")):
-        if path.relative_to(REPOSITORY).as_posix() != READER_TESTS:
-            found += test_functions(path, name)
-    return found
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")
+            and all(re.search(rf"\b{re.escape(name)}\b", ast.get_source_segment(source, node) or "")
+                    for name in names)]
 
 
 def run_ignoring(key: str, tests: list[str]) -> tuple[bool, str, float]:

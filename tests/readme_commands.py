@@ -78,10 +78,9 @@ def readme_lines(readme: Path = README) -> list[ReadmeLine]:
         if pending.endswith("\\"):
             pending = pending[:-1] + " "
             continue
-        text = " ".join(shlex.split(_without_substitutions(pending), comments=True, posix=True))
-        text = text if text else ""
-        if text:
-            lines.append(_parsed(start, section, pending, text))
+        words = shlex.split(_without_substitutions(pending), comments=True)
+        if words:
+            lines.append(_parsed(start, section, words))
         pending = ""
     return lines
 
@@ -91,13 +90,13 @@ def _without_substitutions(line: str) -> str:
     return re.sub(r"\$\([^)]*\)", "__ENGINE_OPTIONS__", line)
 
 
-def _parsed(number: int, section: str, raw: str, text: str) -> ReadmeLine:
-    if not text.startswith("dpbeam "):
+def _parsed(number: int, section: str, words: list[str]) -> ReadmeLine:
+    text = " ".join(words)
+    if words[0] != "dpbeam":
         return ReadmeLine(number, section, text)
-    words = shlex.split(_without_substitutions(raw), comments=True)[1:]
     synopsis = "COMMAND" in words
     kept, depth = [], 0
-    for word in words:  # drop [placeholders, like this]; the synopsis keeps the options inside them
+    for word in words[1:]:  # drop [placeholders, like this]; the synopsis keeps the options inside them
         depth += word.count("[")
         if depth == 0 or synopsis:
             kept.append(word.strip("[]"))
