@@ -42,7 +42,7 @@ EXTRAS_REQUIRE = {
     "test": [
         "pytest>=8.0",
         "pytest-timeout>=2.3",
-        "pytest-xdist>=3.5",  # scripts/test.sh runs the suite in two processes: ~15 min -> ~10 on 2 cores
+        "pytest-xdist>=3.5",  # scripts/test.sh runs the suite in three processes (see README, Tests)
         "hypothesis>=6.100",
         "gcp-storage-emulator>=2024.8",  # a local GCS server: tests run --root gs://... end to end
         "moto[server]>=5.0",  # a local S3 server: tests run --root s3://... and read a Gallery-shaped bucket

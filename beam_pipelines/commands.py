@@ -359,8 +359,9 @@ def _acceleration_arguments(parser: argparse.ArgumentParser, batch_key: str) -> 
 
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--epoch", type=int, default=1,
-                        help="first epoch: N > 1 continues from checkpoint_{N-1:04d}.hdf5 (DeepProfiler's flag)")
+    parser.add_argument("--epoch", type=int, default=None,
+                        help="first epoch: N > 1 continues from checkpoint_{N-1:04d}.hdf5 (DeepProfiler's flag); "
+                             "1 starts over. Without it an interrupted run continues after its last finished epoch")
     parser.add_argument("--seed", type=int, default=None, help="random seed: a repeatable run on the CPU")
     parser.add_argument("--pretrained-weights", default=None,
                         help="Keras ImageNet 'notop' weights for initialization ImageNet "

@@ -95,6 +95,22 @@ def _without_op_determinism() -> None:
         disable()
 
 
+def _remove_earlier_run(layout: ProjectLayout, emit) -> None:
+    """``--epoch 1``: the checkpoints, backup and log of an earlier run in this experiment are removed."""
+    folder = layout.checkpoint_dir
+    earlier = folder.glob("checkpoint_*.hdf5")
+    backup = folder / "backup"
+    if not earlier and not backup.exists():
+        return
+    for path in earlier:
+        path.remove()
+    backup.remove(recursive=True)
+    (layout.logs_dir / "log.csv").remove()
+    (layout.logs_dir / "soft_labels").remove(recursive=True)
+    emit(f"train: --epoch 1 starts over: removed {len(earlier)} checkpoint(s) and the backup of an earlier run "
+         f"from {folder}")
+
+
 def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     config = context.load_config("train")
     context = context.with_config_paths(config)
@@ -138,9 +154,15 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
                         sample_first_crops=validation.sample_first_crops, seed=seed)
     try:
         trainer = Trainer(plan, info, data, layout, info.labels, acceleration=acceleration)
-        first = args.epoch
+        # --epoch N > 1: DeepProfiler's restart from checkpoint N-1. An explicit --epoch 1 starts over: the
+        # earlier run's checkpoints and backup go first, so none of them is ever taken for this run's.
+        # Without --epoch: resume an interrupted run.
+        first = args.epoch or 1
         if first > 1:
             trainer.start_from_checkpoint(first)
+        elif args.epoch == 1:
+            if trainer.chief:
+                _remove_earlier_run(layout, emit)
         else:
             resumed = trainer.restore_backup()
             if resumed is not None:
@@ -149,9 +171,9 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
         raise UsageError(str(error)) from error
     if first > plan.epochs:  # one line, not a "continuing" line for a run that has nothing left
         emit(f"train: all {plan.epochs} epochs are done already ({layout.checkpoint_dir}); nothing to train "
-             f"(--epoch K trains again from epoch K)")
+             f"(--epoch K trains again from epoch K; --epoch 1 starts over)")
         return 0
-    if first > args.epoch:
+    if first > (args.epoch or 1):
         emit(f"train: continuing an interrupted run after epoch {first - 1} ({layout.checkpoint_dir / 'backup'})")
     if trainer.chief:
         classes = json.dumps({"label_field": config.train.partition.label_field, "classes": list(info.labels)},

@@ -40,6 +40,13 @@ AGGREGATE_OPERATIONS = ("median", "mean")
 NORMALIZE_METHODS = ("standardize", "mad_robustize")
 NORMALIZE_SAMPLES = ("controls", "all")
 FEATURE_SELECT_OPERATIONS = ("variance_threshold", "correlation_threshold", "drop_na_columns", "blocklist")
+# pycytominer >= 1.0 split the old variance_threshold in two: variance_threshold now drops features of variance
+# below 1e-6, and frequency_threshold is the one that reads freq_cut and unique_cut. It is allowed, not a default
+# (the JUMP profiling recipe lists the four above).
+FEATURE_SELECT_CHOICES = FEATURE_SELECT_OPERATIONS + ("frequency_threshold",)
+# The operation each feature_select threshold belongs to: a threshold set without it would do nothing.
+FEATURE_SELECT_THRESHOLDS = {"corr_threshold": "correlation_threshold", "freq_cut": "frequency_threshold",
+                             "unique_cut": "frequency_threshold", "na_cutoff": "drop_na_columns"}
 LEVEL_STRATA = {"wells": ("Metadata_Plate", "Metadata_Well"), "sites": ("Metadata_Plate", "Metadata_Well", "Metadata_Site")}
 # DeepProfiler's two metric plugins and the Keras metric names it passes to ``model.compile`` as they are.
 PLUGIN_METRICS = ("top_k", "average_class_precision")
@@ -578,14 +585,18 @@ def _read_aggregate(r: _Reader) -> AggregateConfig:
         operation=r.value("operation", _choice(AGGREGATE_OPERATIONS), _one_of(AGGREGATE_OPERATIONS), "median"),
         normalize_method=n.value("method", _choice(NORMALIZE_METHODS), _one_of(NORMALIZE_METHODS), "standardize"),
         normalize_samples=n.value("samples", _choice(NORMALIZE_SAMPLES), _one_of(NORMALIZE_SAMPLES), "controls"),
-        feature_select=f.value("operations", _list_of(_choice(FEATURE_SELECT_OPERATIONS), non_empty=False, unique=True),
-                               "a list of " + _one_of(FEATURE_SELECT_OPERATIONS), FEATURE_SELECT_OPERATIONS),
+        feature_select=f.value("operations", _list_of(_choice(FEATURE_SELECT_CHOICES), non_empty=False, unique=True),
+                               "a list of " + _one_of(FEATURE_SELECT_CHOICES), FEATURE_SELECT_OPERATIONS),
         corr_threshold=f.value("corr_threshold", unit, "a number in [0, 1]", 0.9),
         freq_cut=f.value("freq_cut", unit, "a number in [0, 1]", 0.05),
         unique_cut=f.value("unique_cut", unit, "a number in [0, 1]", 0.01),
         na_cutoff=f.value("na_cutoff", unit, "a number in [0, 1]", 0.05),
         treatment_columns=r.value("treatment_columns", _list_of(_string, unique=True), "a list of column names"),
     )
+    for threshold, operation in FEATURE_SELECT_THRESHOLDS.items():
+        if f.data.get(threshold) is not None and operation not in aggregate.feature_select:
+            logger.warning("config: %s is set but has no effect: its operation %r is not in "
+                           "aggregate.feature_select.operations", f.key(threshold), operation)
     n.finish()
     f.finish()
     r.finish()

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Set up .venv and run the main test suite. Extra arguments go to pytest.
 #
-# Two test processes (pytest-xdist; DPBEAM_TEST_WORKERS changes it, 0 runs in this process): most tests
-# wait on process start-ups, TensorFlow imports and pipeline set-up, so two processes on two cores take the
-# suite from ~15 to ~10 minutes. Not more by default: each process holds TensorFlow (1-2 GB). Each test
-# prints a line when it ends (-v), so a long one shows where the suite is.
+# Three test processes (pytest-xdist; DPBEAM_TEST_WORKERS changes it, 0 runs in this process): many tests
+# wait on process start-ups, TensorFlow imports, model tracing and pipeline set-up, so even on two cores a
+# third process helps (2026-12-01, 2 cores: 14 min with two, 12 with three). Each process holds TensorFlow
+# (1-2 GB). The longest tests are collected first (tests/conftest.py). Each test prints a line when it ends
+# (-v), so a long one shows where the suite is.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/bootstrap.sh
@@ -17,4 +18,4 @@ if ! command -v chromium >/dev/null 2>&1; then
     || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q chromium >/dev/null; } \
     || echo "[test] could not install chromium: tests/test_report.py will fail (it never skips)"
 fi
-exec .venv/bin/python -m pytest -n "${DPBEAM_TEST_WORKERS:-2}" --dist worksteal -v --durations=15 "$@"
+exec .venv/bin/python -m pytest -n "${DPBEAM_TEST_WORKERS:-3}" --dist worksteal -v --durations=15 "$@"

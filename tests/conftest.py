@@ -15,6 +15,29 @@ DATA = Path(__file__).parent / "data"
 EXAMPLE = DATA / "bbbc022"
 
 
+# --- Longest first --------------------------------------------------------------------------------------
+# The suite runs on xdist workers (scripts/test.sh, --dist worksteal): each starts with a contiguous share
+# of the collection and, once idle, steals from the tail of another's queue. A long test collected late
+# (the demo: minutes) would run while the others have nothing left, so the modules with the longest tests
+# come first and the many quick unit tests last, where they fill the gaps. Whole modules move, never single
+# tests, so a module-scoped fixture is still set up once. Measured durations: README "Tests".
+LONGEST_FIRST = ("test_readme.py", "test_train.py", "test_profile_pipeline.py", "test_buckets.py",
+                 "test_portable_runner.py", "test_gallery.py", "test_prepare_pipeline.py", "test_export_pipeline.py",
+                 "test_locate.py", "test_metadata.py", "test_cli.py", "test_config_keys.py", "test_transforms.py",
+                 "test_inference.py", "test_locking.py", "test_interrupt.py", "test_profiles.py", "test_runners.py")
+FIRST_IN_MODULE = ("test_the_demo_script_runs_every_command_on_the_example",
+                   "test_a_killed_training_run_continues_after_its_last_finished_epoch")
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    def rank(item) -> tuple[int, int]:
+        module = item.path.name
+        position = LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
+        return position, 0 if item.originalname in FIRST_IN_MODULE else 1
+
+    items.sort(key=rank)  # stable: the order within each module (and among the quick modules) is kept
+
+
 # --- Every README command line is run by some test (tests/readme_commands.py) ------------------------------
 
 def pytest_configure(config) -> None:
@@ -114,25 +137,48 @@ def run_cli(*argv: str) -> tuple[int, str]:
     return code, out.text
 
 
+def built_once_per_run(tmp_path_factory, name: str, build) -> tuple[Path, str]:
+    """``build(root) -> command output`` done once for the whole test run, xdist workers included: the first
+    worker to ask builds under this run's shared temporary folder while the others wait on a file lock, then
+    all read the same (read-only) project. Each worker building its own cost ~30 s of CPU per worker."""
+    import fcntl
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # pytest-NNN: this run only
+    folder = shared / f"built-{name}"
+    with open(shared / f"built-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        output = folder / "command-output.txt"
+        if not output.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a build that failed in another worker
+            text = build(folder / "project")
+            output.write_text(text)  # last: marks the build complete
+    return folder / "project", output.read_text()
+
+
 @pytest.fixture(scope="session")
 def prepared(tmp_path_factory) -> tuple[Path, str]:
     """The example project after one complete ``prepare`` (read-only for tests: copy before changing)."""
-    root = tmp_path_factory.mktemp("prepared") / "project"
-    shutil.copytree(EXAMPLE, root)
-    code, text = run_cli("--root", str(root), "--config", "bbbc022.json", "prepare")
-    assert code == 0, text
-    return root, text
+    def build(root: Path) -> str:
+        shutil.copytree(EXAMPLE, root)
+        code, text = run_cli("--root", str(root), "--config", "bbbc022.json", "prepare")
+        assert code == 0, text
+        return text
+
+    return built_once_per_run(tmp_path_factory, "prepared", build)
 
 
 @pytest.fixture(scope="session")
 def exported(prepared, tmp_path_factory) -> tuple[Path, str]:
     """The prepared example exported from its compressed PNGs into small (multi-shard) TFRecords
     (``export-sc --shard-mb 10``; read-only for tests: copy before changing)."""
-    root = tmp_path_factory.mktemp("exported") / "project"
-    shutil.copytree(prepared[0], root)
-    code, text = run_cli("--root", str(root), "--config", "bbbc022.json", "export-sc", "--shard-mb", "10")
-    assert code == 0, text
-    return root, text
+    def build(root: Path) -> str:
+        shutil.copytree(prepared[0], root)
+        code, text = run_cli("--root", str(root), "--config", "bbbc022.json", "export-sc", "--shard-mb", "10")
+        assert code == 0, text
+        return text
+
+    return built_once_per_run(tmp_path_factory, "exported", build)
 
 
 def tree_bytes(folder: Path, pattern: str = "**/*") -> dict[str, bytes]:

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import socket
+import threading
 
 import numpy as np
 import pandas as pd
@@ -56,7 +57,12 @@ def bucket():
     try:
         yield ROOT
     finally:
-        server.stop()
+        # The emulator serves one connection at a time, and its shutdown waits for the client to close its
+        # kept-alive connection (~15 s): stop it in a daemon thread and wait at most 2 s. It listens on a port
+        # of its own, so a late stop disturbs nothing.
+        stopping = threading.Thread(target=server.stop, daemon=True)
+        stopping.start()
+        stopping.join(timeout=2)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

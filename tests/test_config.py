@@ -370,7 +370,7 @@ ALL_WRONG_MESSAGES = [
     "aggregate.normalize.method must be one of \"standardize\", \"mad_robustize\", got WRONG",
     "aggregate.normalize.samples must be one of \"controls\", \"all\", got WRONG",
     "aggregate.feature_select.operations must be a list of one of \"variance_threshold\", \"correlation_threshold\", "
-    "\"drop_na_columns\", \"blocklist\", got WRONG",
+    "\"drop_na_columns\", \"blocklist\", \"frequency_threshold\", got WRONG",
     "aggregate.feature_select.corr_threshold must be a number in [0, 1], got WRONG",
     "aggregate.feature_select.freq_cut must be a number in [0, 1], got WRONG",
     "aggregate.feature_select.unique_cut must be a number in [0, 1], got WRONG",
@@ -668,7 +668,7 @@ def test_every_allowed_choice_is_accepted():
     metrics = ["accuracy", "top_k", "average_class_precision", "binary_accuracy", "categorical_accuracy",
                "sparse_categorical_accuracy", "top_k_categorical_accuracy", "sparse_top_k_categorical_accuracy"]
     assert parse_config(_nested({"train.model.metrics": metrics})).train.model.metrics == tuple(metrics)
-    operations = ["variance_threshold", "correlation_threshold", "drop_na_columns", "blocklist"]
+    operations = ["variance_threshold", "correlation_threshold", "drop_na_columns", "blocklist", "frequency_threshold"]
     assert parse_config(_nested({"aggregate.feature_select.operations": operations})).aggregate.feature_select == \
         tuple(operations)
     for key, twice in (("aggregate.feature_select.operations", "blocklist"), ("aggregate.strata", "Metadata_A"),
@@ -751,6 +751,22 @@ def test_unknown_keys_warn_once_each_with_the_file_and_a_guess(caplog):
         parse_config([1, 2], "list.json")
     assert str(error.value).startswith("config list.json has 1 problem(s):") and \
         error.value.problems == ["the top level must be a JSON object, got [1, 2]"]
+
+
+def test_a_feature_select_threshold_without_its_operation_warns(caplog):
+    """freq_cut and unique_cut belong to pycytominer's frequency_threshold (not variance_threshold, since
+    pycytominer 1.0): set with the default operations they would do nothing, and the user is told."""
+    with caplog.at_level("WARNING", logger="dpcore.config"):
+        parse_config(_nested({"aggregate.feature_select.freq_cut": 0.2, "aggregate.feature_select.na_cutoff": 0.1}))
+    assert caplog.messages == ["config: aggregate.feature_select.freq_cut is set but has no effect: its operation "
+                               "'frequency_threshold' is not in aggregate.feature_select.operations"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="dpcore.config"):
+        parse_config(_nested({"aggregate.feature_select.operations": ["frequency_threshold"],
+                              "aggregate.feature_select.freq_cut": 0.2, "aggregate.feature_select.unique_cut": 0.2,
+                              "aggregate.feature_select.corr_threshold": 0.5}))
+    assert caplog.messages == ["config: aggregate.feature_select.corr_threshold is set but has no effect: its "
+                               "operation 'correlation_threshold' is not in aggregate.feature_select.operations"]
 
 
 def test_the_paths_section_is_read_and_checked():

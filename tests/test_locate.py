@@ -19,11 +19,13 @@ import tifffile
 from PIL import Image
 
 from dpcore.config import ConfigError, parse_config
+from dpcore.locate import nucleus_finder
 from dpcore.segmentation import NucleusFinder, find_nuclei, match_centres
-from tests.conftest import DATA, run_cli, write_config
+from tests.conftest import DATA, load_npz, run_cli, write_config
 
 DSB = DATA / "dsb2018"
 LOCATIONS = "inputs/locations/20585"
+DNA_CHANNEL_INDEX = 0  # the example config's channels: DNA, RNA, ER, AGP, Mito
 
 
 def annotated_centres(mask: np.ndarray) -> np.ndarray:
@@ -132,6 +134,13 @@ def _without_locations(root: Path) -> None:
     shutil.rmtree(root / "inputs/locations")
 
 
+def _site_image(root: Path, well: str, site: int, channel: str) -> np.ndarray:
+    """One raw image of the project, found through its index with pandas and read with tifffile."""
+    index = pd.read_csv(root / "inputs/metadata/index.csv")
+    row = index[index.Metadata_Well.eq(well) & index.Metadata_Site.eq(site)]
+    return tifffile.imread(root / "inputs/images" / row[channel].item())
+
+
 def test_locate_then_export_completes_the_chain_on_a_project_without_locations(prepared, tmp_path):
     root = tmp_path / "project"
     shutil.copytree(prepared[0], root)
@@ -148,10 +157,35 @@ def test_locate_then_export_completes_the_chain_on_a_project_without_locations(p
     assert marker["complete"] and marker["nuclei"] == nuclei and marker["settings"]["channel"] == "DNA"
     picture = Image.open(root / "outputs/locate/20585/20585_nuclei.png")
     assert picture.size[0] > 500 and np.asarray(picture).std() > 10
+    # The DNA image divided by the plate's illumination function (read here with numpy from prepare's
+    # statistics file), segmented with the default settings, gives the site's locations.
+    dna = DNA_CHANNEL_INDEX
+    function = load_npz(root)["illum_correction_function"][:, :, dna].astype(np.float32)
+    expected = find_nuclei(_site_image(root, "A01", 1, "DNA").astype(np.float32) / function, NucleusFinder()).centres
+    np.testing.assert_allclose(read_csv_centres(root / LOCATIONS / "A01-1-Nuclei.csv"), expected, atol=5e-4)
     code, text = run_cli("--root", str(root), "--config", "bbbc022.json", "export-sc")
     assert code == 0, text
     manifest = json.loads((root / "outputs/single-cells/manifest.json").read_text())
     assert sum(manifest["counts"].values()) == nuclei  # every nucleus found is a cell exported
+    # locate.use_illumination false: the raw image is segmented (a new setting: --overwrite).
+    config = json.loads((root / "inputs/config/bbbc022.json").read_text())
+    name = write_config(root, {**config, "locate": {"use_illumination": False}})
+    code, text = run_cli("--root", str(root), "--config", name, "locate", "--overwrite")
+    assert code == 0, text
+    raw = find_nuclei(_site_image(root, "A01", 1, "DNA").astype(np.float32), NucleusFinder()).centres
+    assert raw.shape != expected.shape or not np.allclose(raw, expected, atol=5e-4)  # the setting matters here
+    np.testing.assert_allclose(read_csv_centres(root / LOCATIONS / "A01-1-Nuclei.csv"), raw, atol=5e-4)
+
+
+def test_the_configs_locate_settings_reach_the_finder_in_pixels(example_config_dict):
+    """Sizes in micrometres are divided by the pixel size; every other setting is passed as it is."""
+    settings = {"threshold": "li", "threshold_correction": 1.2, "smoothing_sigma": 1.5, "min_diameter": 5,
+                "max_diameter": 30, "size_unit": "um", "pixel_size": 0.5, "split_touching": False,
+                "declump_ratio": 0.6, "exclude_border": True}
+    config = parse_config({**example_config_dict, "locate": settings})
+    assert nucleus_finder(config.locate) == NucleusFinder(
+        min_diameter=10.0, max_diameter=60.0, threshold="li", threshold_correction=1.2, smoothing_sigma=3.0,
+        split_touching=False, declump_ratio=0.6, exclude_border=True)
 
 
 def test_validate_points_a_project_without_locations_to_locate(project):
@@ -233,6 +267,22 @@ def test_8_bit_three_channel_png_project(tmp_path):
         found = read_csv_centres(root / f"inputs/locations/P1/B02-{site}-Nuclei.csv")
         agreement = match_centres(found, annotated_centres(labels))
         assert agreement.recall >= 0.70 and agreement.precision >= 0.85, (site, agreement)
+    assert (root / "outputs/locate/P1/P1_nuclei.png").is_file()
+    # Settings from the config's locate section: another channel, another threshold, border nuclei left out,
+    # no QC picture. Each site's locations are what find_nuclei gives with those settings on that channel.
+    settings = {"channel": "Tubulin", "threshold": "li", "exclude_border": True, "qc_sites": 0}
+    name = write_config(root, {**json.loads((root / "inputs/config" / name).read_text()), "locate": settings},
+                        name="settings.json")
+    shutil.rmtree(root / "outputs/locate")
+    code, text = run_cli("--root", str(root), "--config", name, "locate", "--overwrite")
+    assert code == 0, text
+    assert "segmenting channel Tubulin" in text and not (root / "outputs/locate/P1/P1_nuclei.png").exists()
+    finder = NucleusFinder(threshold="li", exclude_border=True)
+    for site, picture in ((1, image), (2, image[:, ::-1])):
+        expected = find_nuclei((picture // 2).astype(np.float32), finder)
+        assert expected.dropped_border > 0  # the settings matter on this image
+        np.testing.assert_allclose(read_csv_centres(root / f"inputs/locations/P1/B02-{site}-Nuclei.csv"),
+                                   expected.centres, atol=5e-4)
 
 
 # ------------------------------------------------------------------ import

@@ -107,6 +107,47 @@ def test_mad_robustize_and_feature_selection_match_pycytominer(tmp_path, synthet
                                reference[features_of(reference)].to_numpy(), atol=1e-6)
 
 
+def test_every_feature_selection_and_consensus_setting_reaches_pycytominer(tmp_path, synthetic):
+    """Site profiles (48: 2 plates x 8 wells x 3 sites, the same values on both plates) with three features
+    each of which one setting alone decides: cnn_10 has a dominant value (second most common / most common =
+    6/30 = 0.2: dropped by freq_cut 0.25, kept by the default 0.05, and 8 distinct values: kept by both
+    unique_cut values), cnn_8 has 3 values of 16 sites each (3/48 = 0.0625 distinct: dropped by unique_cut 0.1,
+    kept by the default 0.01), cnn_9 is missing in 6 sites (kept by na_cutoff 0.2, dropped by the default
+    0.05). Treatments by mechanism instead of the label field."""
+    root = tmp_path / "project"
+    shutil.copytree(synthetic[0] / "outputs/results/features", root / "outputs/results/features")
+    dominant = {"B04-1": 1, "B04-2": 1, "B04-3": 1, "B03-2": 2, "B03-3": 3, "B02-1": 4, "B02-2": 5, "B02-3": 6,
+                "B01-1": 7}
+    for path in (root / "outputs/results/features").glob("*/*.parquet"):
+        cells = pd.read_parquet(path)
+        cells["cnn_10"] = np.float32(dominant.get(path.stem, 0))  # 0 in 30 sites, 1 in 6, 2..7 in 2 each
+        cells["cnn_8"] = np.float32(path.stem.split("-")[1])  # the site number: 1, 2 or 3
+        if path.stem.startswith("B03"):
+            cells["cnn_9"] = np.float32("nan")
+        cells.to_parquet(path, index=False)
+    config = json.loads((synthetic[0] / "inputs/config" / synthetic[1]).read_text())
+    operations = ["frequency_threshold", "drop_na_columns", "variance_threshold"]
+    settings = {"freq_cut": 0.25, "unique_cut": 0.1, "na_cutoff": 0.2}
+    config["aggregate"] = {"level": "sites", "feature_select": {"operations": operations, **settings},
+                           "treatment_columns": ["Metadata_moa"]}
+    code, text = run_cli("--root", str(root), "--config", write_config(root, config), "aggregate")
+    assert code == 0, text
+    normalized = pd.read_parquet(root / PROFILES / "sites_normalized.parquet")
+    assert len(normalized) == 48
+    features = features_of(normalized)
+    reference = pycytominer_feature_select(normalized, features=features, operation=operations, output_type=None,
+                                           **settings)
+    selected = pd.read_parquet(root / PROFILES / "sites_normalized_feature_select.parquet")
+    assert list(selected.columns) == list(reference.columns)
+    kept = features_of(selected)
+    assert "cnn_10" not in kept and "cnn_8" not in kept and "cnn_9" in kept  # each setting matters here
+    np.testing.assert_allclose(selected[kept].to_numpy(), reference[kept].to_numpy(), atol=1e-6)
+    treatments = pd.read_parquet(root / PROFILES / "treatments.parquet").set_index("Metadata_moa").sort_index()
+    expected = selected.groupby("Metadata_moa")[kept].median().sort_index()
+    assert list(treatments.index) == ["control", "mA", "mB"]
+    np.testing.assert_allclose(treatments[kept].to_numpy(), expected.to_numpy(), atol=1e-6)
+
+
 def test_treatments_are_the_median_of_their_wells_with_their_annotations(synthetic):
     root, _ = synthetic
     selected = pd.read_parquet(root / PROFILES / "wells_normalized_feature_select.parquet")
@@ -119,11 +160,16 @@ def test_treatments_are_the_median_of_their_wells_with_their_annotations(synthet
 
 
 # ------------------------------------------------------------------ evaluate
-def average_precision_by_hand(values: np.ndarray, labels: np.ndarray, query: int, control: str) -> float:
-    """AP of one replicate: rank its own treatment's other replicates among them and the controls by cosine."""
+def average_precision_by_hand(values: np.ndarray, labels: np.ndarray, query: int, control: str,
+                              distance: str = "cosine") -> float:
+    """AP of one replicate: rank its own treatment's other replicates among them and the controls, nearest
+    first (cosine similarity, or Euclidean distance)."""
     unit = values / np.linalg.norm(values, axis=1, keepdims=True)
     candidates = [i for i in range(len(labels)) if i != query and labels[i] in (labels[query], control)]
-    order = sorted(candidates, key=lambda i: -float(unit[query] @ unit[i]))
+    if distance == "euclidean":
+        order = sorted(candidates, key=lambda i: float(np.linalg.norm(values[query] - values[i])))
+    else:
+        order = sorted(candidates, key=lambda i: -float(unit[query] @ unit[i]))
     hits, precisions = 0, []
     for rank, i in enumerate(order, start=1):
         if labels[i] == labels[query]:
@@ -156,6 +202,38 @@ def test_phenotypic_activity_is_copairs_map_and_equals_average_precision_by_hand
     assert plot.size[0] >= 500
     assert json.loads((root / "outputs/results/evaluation/_manifest.json").read_text())["phenotypic_activity"][
         "treatments"] == 4
+
+
+def test_every_evaluate_setting_reaches_copairs(tmp_path, synthetic):
+    """Site profiles evaluated while aggregate.level says wells; Euclidean ranking; a null of 300 draws
+    (copairs' p-value is (k + 1) / (null_size + 1)); the threshold; two seeds give two nulls."""
+    root = tmp_path / "project"
+    shutil.copytree(synthetic[0], root)
+    config = json.loads((root / "inputs/config" / synthetic[1]).read_text())
+    sites = write_config(root, {**config, "aggregate": {"level": "sites"}}, name="sites.json")
+    assert run_cli("--root", str(root), "--config", sites, "aggregate")[0] == 0
+    activity = {}
+    for seed in (5, 6):
+        settings = {"level": "sites", "distance": "euclidean", "null_size": 300, "threshold": 0.3, "seed": seed}
+        name = write_config(root, {**config, "evaluate": settings}, name=f"seed{seed}.json")
+        code, text = run_cli("--root", str(root), "--config", name, "evaluate")
+        assert code == 0, text
+        assert "evaluate: 48 sites profile(s)" in text and "(corrected p < 0.3)" in text
+        activity[seed] = pd.read_parquet(root / "outputs/results/evaluation/phenotypic_activity.parquet")
+    selected = pd.read_parquet(root / PROFILES / "sites_normalized_feature_select.parquet")
+    values = selected[features_of(selected)].to_numpy(np.float64)
+    labels = selected["Metadata_Treatment"].to_numpy()
+    ours = activity[5].set_index("Metadata_Treatment")
+    for treatment in ("drugA", "drugB"):
+        queries = np.flatnonzero(labels == treatment)
+        expected = np.mean([average_precision_by_hand(values, labels, q, "DMSO", "euclidean") for q in queries])
+        assert ours.loc[treatment, "mean_average_precision"] == pytest.approx(expected, abs=1e-6)
+    draws = ours["p_value"].to_numpy() * 301
+    np.testing.assert_allclose(draws, np.round(draws), atol=1e-6)
+    assert (ours["p_value"] < 1).any()
+    np.testing.assert_array_equal(ours["below_corrected_p"].to_numpy(), ours["corrected_p_value"].to_numpy() < 0.3)
+    other = activity[6].set_index("Metadata_Treatment").loc[ours.index]
+    assert not np.array_equal(ours["p_value"].to_numpy(), other["p_value"].to_numpy())
 
 
 def test_profiles_of_an_unfinished_aggregate_are_never_evaluated_or_reported(tmp_path, synthetic):

@@ -77,6 +77,50 @@ def test_a_small_model_learns_the_synthetic_classes(tmp_path, monkeypatch, capsy
     assert weights["ClassProb"][0].shape == (256, 3)
 
 
+def test_every_sampling_and_validation_setting_reaches_the_trainer(tmp_path, monkeypatch, capsys):
+    """One seeded run with every train.sampling and train.validation setting away from its default, read
+    from what the command does: the steps of an epoch (sampling.factor), the epochs validated (frequency),
+    the crops validated (frame, sample_first_crops, batch_size); and two more runs that change only the
+    shuffle buffer or only the shard readers: the order of the crops, hence the weights, changes (a seeded
+    run repeats exactly: test_seed_makes_a_cpu_run_repeatable)."""
+    monkeypatch.setenv("DPBEAM_PROGRESS_SECONDS", "0")  # a progress line after every step
+    root = tmp_path / "project"
+    # 15 training and 5 validation cells per site (4 sites per class), training cells over 3 shards.
+    write_synthetic_export(root / "outputs/single-cells", {"training": (60, 60, 60), "validation": (20, 20, 20)},
+                           shards=3)
+    data = synthetic_config(epochs=2)
+    data["train"]["model"]["params"]["batch_size"] = 16
+    data["train"]["sampling"] = {"factor": 0.5, "cache_size": 16, "workers": 1}
+    data["train"]["validation"] = {"frequency": 2, "top_k": 2, "batch_size": 3, "frame": "all",
+                                   "sample_first_crops": True}
+    code, text = train(root, data)
+    assert code == 0, text
+    printed = capsys.readouterr().err
+    # factor 0.5: int(0.5 * 60) = 30 crops per class, 90 per epoch, 6 steps of 16 (180 and 12 at 1.0).
+    assert "epoch 1/2: 5 of 6 steps" in printed, printed[-3000:]
+    # frame "all", first 3 crops of each site: 3 classes x 4 sites x 3 crops in each of the two splits.
+    assert "epoch 2/2: validated on 72 crops (frame all, the first 3 of each site)" in printed, printed[-3000:]
+    assert "epoch 1/2: validated" not in printed  # frequency 2: epoch 1 is not validated
+    history = log(root)
+    assert history["val_loss"].isna().tolist() == [True, False]
+    first = read_layer_weights(StoragePath(str(root / "outputs/results/checkpoint/checkpoint_0001.hdf5")))
+
+    def first_epoch_weights(sampling: dict) -> dict:
+        other = tmp_path / f"cache{sampling['cache_size']}-workers{sampling['workers']}"
+        shutil.copytree(root / "outputs/single-cells", other / "outputs/single-cells")
+        variant = json.loads(json.dumps(data))
+        variant["train"]["sampling"].update(sampling)
+        variant["train"]["model"]["epochs"] = 1  # epoch 1 is the same whatever the number of epochs
+        assert train(other, variant)[0] == 0
+        return read_layer_weights(StoragePath(str(other / "outputs/results/checkpoint/checkpoint_0001.hdf5")))
+
+    def same(a: dict, b: dict) -> bool:
+        return all(np.array_equal(x, y) for name in a for x, y in zip(a[name], b[name]))
+
+    assert not same(first, first_epoch_weights({"cache_size": 10000, "workers": 1}))
+    assert not same(first, first_epoch_weights({"cache_size": 16, "workers": 3}))
+
+
 def test_step_schedule_sets_the_rate_of_each_epoch(synthetic):
     # DeepProfiler's epochs are Keras' 0-based ones: issue #15's example, base 0.05 over 4 epochs.
     data = synthetic_config(epochs=4, lr_schedule={"epoch": [2, 3], "lr": [0.01, 0.001]})
@@ -248,7 +292,12 @@ def test_an_interrupted_run_continues_from_its_backup(synthetic):
     # A finished run says so in one line: no "continuing", no plan for epochs 5..4.
     assert code == 0 and text.splitlines() == [
         f"train: all 4 epochs are done already ({synthetic}/outputs/results/checkpoint); nothing to train "
-        f"(--epoch K trains again from epoch K)"], text
+        f"(--epoch K trains again from epoch K; --epoch 1 starts over)"], text
+    # An explicit --epoch 1 starts over: nothing of the earlier run is left to be taken for this one's.
+    code, text = train(synthetic, synthetic_config(epochs=1), "--epoch", "1")
+    assert code == 0 and "--epoch 1 starts over: removed 4 checkpoint(s) and the backup" in text, text
+    assert "continuing" not in text and list(log(synthetic)["epoch"]) == [1]
+    assert checkpoints(synthetic) == ["checkpoint_0001.hdf5"]
 
 
 def test_seed_makes_a_cpu_run_repeatable(tmp_path):
@@ -354,8 +403,9 @@ def test_a_killed_training_run_continues_after_its_last_finished_epoch(tmp_path)
     import time
 
     root = tmp_path / "project"
-    write_synthetic_export(root / "outputs/single-cells", {"training": (400, 400, 400), "validation": (20, 20, 20)})
-    config = write_config(root, synthetic_config(epochs=5), "kill.json")
+    cells = {"training": (160, 160, 160), "validation": (20, 20, 20)}
+    write_synthetic_export(root / "outputs/single-cells", cells)
+    config = write_config(root, synthetic_config(epochs=4), "kill.json")
     command = [sys.executable, "-m", "beam_pipelines", "--root", str(root), "--config", config, "train", "--seed", "3"]
     run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     state = root / "outputs/results/checkpoint/backup/state.json"
@@ -365,16 +415,16 @@ def test_a_killed_training_run_continues_after_its_last_finished_epoch(tmp_path)
     os.killpg(run.pid, signal.SIGKILL)  # somewhere in epoch 2 or later
     run.wait()
     finished = json.loads(state.read_text())["epoch"]
-    assert finished < 5, "killed too late to test resuming"
+    assert finished < 4, "killed too late to test resuming"
     twin = tmp_path / "twin"
     shutil.copytree(root, twin)
     resumed = {}
     for where in (root, twin):
         code, text = run_cli("--root", str(where), "--config", config, "train", "--seed", "3")
         assert code == 0 and f"continuing an interrupted run after epoch {finished}" in text, text
-        assert list(log(where)["epoch"]) == [1, 2, 3, 4, 5]
-        assert checkpoints(where) == [f"checkpoint_000{i}.hdf5" for i in range(1, 6)]
-        resumed[where] = [weights(where, epoch) for epoch in range(1, 6)]
+        assert list(log(where)["epoch"]) == [1, 2, 3, 4]
+        assert checkpoints(where) == [f"checkpoint_000{i}.hdf5" for i in range(1, 5)]
+        resumed[where] = [weights(where, epoch) for epoch in range(1, 5)]
     # Bit-equality with an uninterrupted run cannot hold: training draws from one endless shuffled stream
     # whose buffer (train.sampling.cache_size crops) spans epoch boundaries and is not saved, so a resumed
     # run takes its next batches from a fresh buffer. What holds instead, and is asserted:
@@ -383,11 +433,11 @@ def test_a_killed_training_run_continues_after_its_last_finished_epoch(tmp_path)
     # (2) it continued from the saved weights and optimizer: its next epoch lies within a tenth of one epoch's
     # update of an uninterrupted run's (a restart from random weights lands a whole update away).
     clean = tmp_path / "uninterrupted"
-    write_synthetic_export(clean / "outputs/single-cells", {"training": (400, 400, 400), "validation": (20, 20, 20)})
-    code, text = run_cli("--root", str(clean), "--config", write_config(clean, synthetic_config(epochs=5), "kill.json"),
+    write_synthetic_export(clean / "outputs/single-cells", cells)
+    code, text = run_cli("--root", str(clean), "--config", write_config(clean, synthetic_config(epochs=4), "kill.json"),
                          "train", "--seed", "3")
     assert code == 0, text
-    uninterrupted = [weights(clean, epoch) for epoch in range(1, 6)]
+    uninterrupted = [weights(clean, epoch) for epoch in range(1, 5)]
     assert max_difference(resumed[root][finished - 1], uninterrupted[finished - 1]) == 0, "the epochs before the kill"
     one_update = max_difference(uninterrupted[finished], uninterrupted[finished - 1])
     assert max_difference(resumed[root][finished], uninterrupted[finished]) < one_update / 10, one_update

@@ -34,10 +34,11 @@ def synthetic_crop(label: int, box: int, channels: int, rng: np.random.Generator
 
 
 def write_synthetic_export(folder: Path, counts: dict[str, tuple[int, ...]], box: int = 32, channels: int = 3,
-                           seed: int = 0, sites_per_label: int = 4) -> None:
-    """``counts`` maps a split (training/validation) to cells per label."""
+                           seed: int = 0, sites_per_label: int = 4, shards: int = 1) -> None:
+    """``counts`` maps a split (training/validation) to cells per label; each split's cells are dealt over
+    ``shards`` shard files in turn."""
     rng = np.random.default_rng(seed)
-    rows, shards = [], {}
+    rows, names = [], {}
     for split, per_label in counts.items():
         records = []
         for label, n in enumerate(per_label):
@@ -48,14 +49,17 @@ def write_synthetic_export(folder: Path, counts: dict[str, tuple[int, ...]], box
                     synthetic_crop(label, box, channels, rng), label, LABELS[label], split, split, "P1",
                     f"{LABELS[label]}-well", site, cell, 10.0, 10.0))
         order = rng.permutation(len(records))
-        name = sc_records.shard_name(split, 0, 1)
-        sc_records.write_shard(StoragePath(str(folder / name)), (sc_records.encode(records[i]) for i in order))
-        shards[split] = [name]
-        for position, i in enumerate(order):
-            r = records[i]
-            rows.append({"Metadata_Plate": r.plate, "Metadata_Well": r.well, "Metadata_Site": r.site,
-                         "Cell_Index": r.cell_index, "Label": r.label, "Split_Set": split, "Shard": name,
-                         "Record": position})
+        names[split] = []
+        for shard in range(shards):
+            name = sc_records.shard_name(split, shard, shards)
+            mine = order[shard::shards]
+            sc_records.write_shard(StoragePath(str(folder / name)), (sc_records.encode(records[i]) for i in mine))
+            names[split].append(name)
+            for position, i in enumerate(mine):
+                r = records[i]
+                rows.append({"Metadata_Plate": r.plate, "Metadata_Well": r.well, "Metadata_Site": r.site,
+                             "Cell_Index": r.cell_index, "Label": r.label, "Split_Set": split, "Shard": name,
+                             "Record": position})
     (folder / sc_export.INDEX_DIR).mkdir(parents=True, exist_ok=True)
     for split in counts:
         buffer = io.BytesIO()
@@ -67,7 +71,7 @@ def write_synthetic_export(folder: Path, counts: dict[str, tuple[int, ...]], box
                 "channels": [f"C{c}" for c in range(channels)], "compression": "", "labels": list(LABELS),
                 "counts": {split: sum(v) for split, v in counts.items()} | {"other": 0},
                 "counts_per_split_label": per_split_label | {"other": {}},
-                "shards": shards | {"other": []}}
+                "shards": names | {"other": []}}
     (folder / sc_export.MANIFEST_NAME).write_text(json.dumps(manifest))
 
 
