@@ -179,7 +179,7 @@ def _run(arguments: list[str], emit: Callable[[str], None]) -> int:
             check_reachable(StoragePath(args.config))
         if args.cores < 0:
             raise UsageError(f"--cores must be 0 (all) or a number of cores, got {args.cores}")
-        beam_args = local_parallelism(leftovers, args.cores) if spec.uses_beam else tuple(leftovers)
+        beam_args = local_parallelism(leftovers, args.cores, spec.local_threads) if spec.uses_beam else tuple(leftovers)
         context = CommandContext(layout=layout, config_name=args.config, gpu=args.gpu,
                                  beam_args=beam_args, cores=args.cores)
         return spec.run(context, args, emit)

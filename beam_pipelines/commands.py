@@ -37,6 +37,7 @@ class CommandSpec:
     run: Callable[[CommandContext, argparse.Namespace, Emit], int]
     uses_beam: bool = False
     aliases: tuple[str, ...] = ()  # other names DeepProfiler gave the command
+    local_threads: bool = True  # locally one worker thread per core; False: one in-process worker (aggregate)
 
 
 def _no_arguments(parser: argparse.ArgumentParser) -> None:
@@ -445,7 +446,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
                 "consensus with pycytominer. Writes outputs/<exp>/profiles/<level>.parquet, "
                 "<level>_normalized.parquet, <level>_normalized_feature_select.parquet, treatments.parquet and "
                 "_manifest.json (last).",
-                _aggregate_arguments, _pipeline("aggregate"), uses_beam=True),
+                _aggregate_arguments, _pipeline("aggregate"), uses_beam=True, local_threads=False),
     CommandSpec("evaluate", "mean average precision of the profiles with copairs: activity, consistency",
                 "Rank each treatment's replicate profiles against the controls (phenotypic activity) and, "
                 "with evaluate.annotation_column, treatments by shared annotation (consistency), with copairs; "

@@ -52,8 +52,8 @@ class CommandContext:
             logger.info("CUDA_VISIBLE_DEVICES=%s", self.gpu)
 
 
-def local_parallelism(beam_args: Sequence[str], cores: int = 0) -> tuple[str, ...]:
-    """On the local DirectRunner, default to one worker thread per core (every pipeline command).
+def local_parallelism(beam_args: Sequence[str], cores: int = 0, threads: bool = True) -> tuple[str, ...]:
+    """On the local DirectRunner, default to one worker thread per core (every pipeline command but aggregate).
 
     Much of each stage's work runs outside the GIL (numpy's array loops, ISA-L's deflate in prepare,
     TensorFlow in profile), so threads of one process overlap: on 2 cores prepare went from ~3.1 to
@@ -61,6 +61,12 @@ def local_parallelism(beam_args: Sequence[str], cores: int = 0) -> tuple[str, ..
     more runner start-up than the single in-process worker (threads, unlike worker processes, import
     nothing again). ``cores`` (``--cores``, 0 = all) sets the number of threads. Users' own
     --runner/--direct_* choices always win.
+
+    ``threads=False`` (aggregate) defaults to one in-process worker (Beam's in_memory mode) instead:
+    aggregate's work is small (one row per group, the tables finished in one step anyway), and its runs on
+    the multi-threaded local runner failed twice on 2026-12-01 (2 of ~15 demo runs, both on a loaded
+    machine) with ``NotImplementedError: Invalid PaneInfoEncoding`` in Beam's exchange of bundle outputs
+    between threads, which the in_memory runner does not use.
     """
     beam_args = tuple(beam_args)
     chosen = " ".join(beam_args)
@@ -68,8 +74,10 @@ def local_parallelism(beam_args: Sequence[str], cores: int = 0) -> tuple[str, ..
         return beam_args
     if "--direct_num_workers" in chosen or "--direct_running_mode" in chosen:
         return beam_args
-    threads = cores or os.cpu_count() or 1
-    return beam_args + (f"--direct_num_workers={threads}", "--direct_running_mode=multi_threading")
+    if not threads:
+        return beam_args + ("--direct_num_workers=1", "--direct_running_mode=in_memory")
+    threads_wanted = cores or os.cpu_count() or 1
+    return beam_args + (f"--direct_num_workers={threads_wanted}", "--direct_running_mode=multi_threading")
 
 
 def acceleration_options(args, config_batch_size: int, batch_key: str) -> tuple[int, Acceleration]:

@@ -265,6 +265,12 @@ def test_deepprofilers_cores_flag_sets_the_local_worker_threads(project):
     assert local_parallelism((), 3)[-2:] == ("--direct_num_workers=3", "--direct_running_mode=multi_threading")
     assert local_parallelism((), 0)[-2] == f"--direct_num_workers={os.cpu_count() or 1}"  # 0 = all, as DeepProfiler
     assert local_parallelism(("--direct_num_workers", "2"), 3) == ("--direct_num_workers", "2")  # yours win
+    # aggregate (threads=False) runs locally on one in-process worker, unless the user chose otherwise
+    assert local_parallelism(("--x=1",), 2, threads=False) == (
+        "--x=1", "--direct_num_workers=1", "--direct_running_mode=in_memory")
+    for chosen in (("--direct_num_workers=4", "--direct_running_mode=multi_threading"), ("--runner", "FlinkRunner")):
+        assert local_parallelism(chosen, 2, threads=False) == chosen
+    assert [spec.name for spec in commands.COMMANDS if spec.uses_beam and not spec.local_threads] == ["aggregate"]
     code, text = run("--root", str(project), "--config", "bbbc022.json", "--cores", "1", "prepare", "--dry_run")
     assert code == 0, text
     code, text = run("--root", str(project), "--config", "bbbc022.json", "prepare", "--cores", "-2")
