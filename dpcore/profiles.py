@@ -77,10 +77,17 @@ def reduce_group(key: tuple, parts: Sequence[GroupPart], strata: Sequence[str], 
     for part in parts:
         for column, distinct in part.metadata.items():
             seen.setdefault(column, set()).update(distinct)
-    row.update({column: next(iter(distinct)) for column, distinct in sorted(seen.items()) if len(distinct) == 1})
+    row.update({column: _native(next(iter(distinct))) for column, distinct in sorted(seen.items())
+                if len(distinct) == 1})
     row[CELL_COUNT] = int(len(stacked))
-    row.update(zip(features, values))
+    # Plain Python floats: Beam's coder writes them in 9 bytes each, where a numpy scalar is pickled one by one.
+    row.update(zip(features, values.tolist()))
     return row
+
+
+def _native(value):
+    """A numpy scalar as the Python value it holds (other values as they are)."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def rows_to_frame(rows: Sequence[dict], strata: Sequence[str], features: Sequence[str]) -> pd.DataFrame:
