@@ -155,15 +155,12 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     try:
         trainer = Trainer(plan, info, data, layout, info.labels, acceleration=acceleration)
         # --epoch N > 1: DeepProfiler's restart from checkpoint N-1. An explicit --epoch 1 starts over: the
-        # earlier run's checkpoints and backup go first, so none of them is ever taken for this run's.
-        # Without --epoch: resume an interrupted run.
+        # earlier run's checkpoints and backup go first (under the lock, below), so none of them is ever taken
+        # for this run's. Without --epoch: resume an interrupted run.
         first = args.epoch or 1
         if first > 1:
             trainer.start_from_checkpoint(first)
-        elif args.epoch == 1:
-            if trainer.chief:
-                _remove_earlier_run(layout, emit)
-        else:
+        elif args.epoch is None:
             resumed = trainer.restore_backup()
             if resumed is not None:
                 first = resumed
@@ -186,6 +183,8 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
          f"({type(trainer.strategy).__name__}), {acceleration.describe()}")
     # Only the chief writes; with several workers the others must not contend for the lock.
     with output_lock(layout.checkpoint_dir, "train") if trainer.chief else contextlib.nullcontext():
+        if args.epoch == 1 and trainer.chief:
+            _remove_earlier_run(layout, emit)  # while holding the lock: never under another run's feet
         rows = trainer.run(first)
     last = rows[-1]
     emit("last epoch: " + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k != "epoch"))
