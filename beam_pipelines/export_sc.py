@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import zlib
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -45,6 +46,7 @@ from dpcore.layout import ProjectLayout, UnsafePathError
 from dpcore.locations import LocationsError, LocationsMissing, read_locations
 from dpcore.locking import output_lock
 from dpcore.metadata import Site, scan_index
+from dpcore.read_ahead import ReadAhead
 from dpcore.sc_export import ExportPlan, ExportTotals, ShardRecord
 from dpcore.single_cells import CellSource, stable_fraction
 from dpcore.storage import StoragePath, remove_stale_temporaries
@@ -122,6 +124,21 @@ def _natural(value: str) -> tuple:
     return (0, int(value), "") if value.isdigit() else (1, 0, value)
 
 
+def load_site(source: CellSource, site: Site) -> tuple[str, object]:
+    """A site's reads, in any thread: ("ok", SiteData), ("missing", None) when it has no locations file,
+    or ("locations" | "images", the error) naming what could not be read."""
+    try:
+        centres = source.centres(site)
+    except LocationsMissing:
+        return "missing", None
+    except (LocationsError, UnsafePathError) as error:
+        return "locations", error
+    try:
+        return "ok", source.load(site, centres)
+    except (ImageReadError, UnsafePathError, LocationsError) as error:  # images, or an outline image
+        return "images", error
+
+
 class CellCutter:
     """Turns sites into cell records; failures and skips are collected, not raised."""
 
@@ -132,24 +149,20 @@ class CellCutter:
         self.skipped = {"outside": 0, "nan": 0}
         self.sites = 0
 
-    def cells(self, site: Site) -> Iterator[tuple[dict, np.ndarray]]:
-        """(index row, uint8 crop) for every usable cell of ``site``."""
+    def cells(self, site: Site, fetched: Future | None = None) -> Iterator[tuple[dict, np.ndarray]]:
+        """(index row, uint8 crop) for every usable cell of ``site``; ``fetched`` holds what
+        :func:`load_site` read for it ahead of time (else it is read now)."""
         s = self.settings
         self.sites += 1
-        try:
-            centres = s.source.centres(site)
-        except LocationsMissing:
+        outcome, data = fetched.result() if fetched is not None else load_site(s.source, site)
+        if outcome == "missing":
             inc_counter(NAMESPACE, "sites_without_locations")
             self.missing_locations.append(site.key)
             return
-        except (LocationsError, UnsafePathError) as error:
-            self._fail("locations", site, error)
+        if outcome in ("locations", "images"):
+            self._fail(outcome, site, data)
             return
-        try:
-            cut = s.source.cut(site, centres)
-        except (ImageReadError, UnsafePathError, LocationsError) as error:  # images, or an outline image
-            self._fail("images", site, error)
-            return
+        cut = s.source.cut_loaded(data)
         inc_counter(NAMESPACE, "sites_read")
         inc_counter(NAMESPACE, "cells_skipped_outside_image", cut.batch.outside)
         inc_counter(NAMESPACE, "cells_skipped_nan", cut.batch.invalid)
@@ -179,8 +192,22 @@ class WriteShard(beam.DoFn):
     passed on and nothing is recomputed.
     """
 
+    # Sites whose images lie in a bucket are read this many ahead of the one being cut (dpcore.read_ahead).
+    READ_AHEAD = 4
+
     def __init__(self, settings: ExportSettings):
         self.settings = settings
+
+    def setup(self) -> None:
+        self._reader = ReadAhead(lambda site: load_site(self.settings.source, site), self.READ_AHEAD,
+                                 name="dpbeam-WriteShard")
+
+    def teardown(self) -> None:
+        self._reader.close()
+
+    def _sites_read(self, sites: list[Site]) -> Iterator[tuple[Site, Future]]:
+        self._reader.discard()  # left over only by a shard that failed
+        return self._reader.iterate(sites, ahead=self.settings.source.in_a_bucket)
 
     def process(self, element) -> Iterator:
         (split, index), members = element
@@ -218,8 +245,8 @@ class WriteShard(beam.DoFn):
             offsets: list[int] = []
 
             def records() -> Iterator[bytes]:
-                for site in sites:
-                    for row, crop in cutter.cells(site):
+                for site, fetched in self._sites_read(sites):
+                    for row, crop in cutter.cells(site, fetched):
                         row.update({"Shard": target.name, "Record": len(rows)})
                         rows.append(row)
                         yield sc_records.encode(sc_records.CellRecord(
@@ -236,8 +263,8 @@ class WriteShard(beam.DoFn):
                                                 f"{row['Metadata_Site']}/{row['Cell_Index']}"),
                                 s.labels[row["Label"]], [row["Record"], offsets[row["Record"]]]))
         else:
-            for site in sites:
-                for row, crop in cutter.cells(site):
+            for site, fetched in self._sites_read(sites):
+                for row, crop in cutter.cells(site, fetched):
                     name = f"{site.plate}/{site.well}-{site.site}-{row['Cell_Index']:05d}.png"
                     unfolded = np.concatenate([crop[:, :, c] for c in range(crop.shape[-1])], axis=1)
                     s.out.joinpath(*name.split("/")).write_bytes(encode_png(unfolded))

@@ -46,6 +46,7 @@ from dpcore.locations import LocationsError, read_locations
 from dpcore.locking import output_lock
 from dpcore.metadata import Site, scan_index
 from dpcore.segmentation import NucleusFinder
+from dpcore.sites import in_a_bucket
 from dpcore.storage import StoragePath, remove_stale_temporaries
 
 from beam_pipelines.context import CommandContext, UsageError
@@ -53,6 +54,7 @@ from beam_pipelines.dead_letter import WriteDeadLetters, failure, read_failures,
 from beam_pipelines.index import ReadSites
 from beam_pipelines.prepare import MANIFEST_NAME as PREPARE_MANIFEST
 from beam_pipelines.progress import OutputProgress, ZeroForMissing, inc_counter
+from beam_pipelines.read_ahead import ReadAheadDoFn
 from beam_pipelines.running import describe_graph, run_pipeline
 
 logger = logging.getLogger(__name__)
@@ -133,9 +135,14 @@ def _result(site: Site, count: int, settings: LocateSettings) -> tuple[str, tupl
     return site.plate, (site.well, site.site, count, site.channel_files[settings.channel_index])
 
 
+def _kept_count(site: Site, target: StoragePath, settings: LocateSettings) -> int | None:
+    """The nuclei of a site a resumed plate already has, or None when the site is to be written."""
+    return None if site.plate in settings.fresh_plates else committed_count(target)
+
+
 def _kept(site: Site, target: StoragePath, settings: LocateSettings) -> list | None:
     """The result of a site a resumed plate already has, or None when the site is to be written."""
-    count = None if site.plate in settings.fresh_plates else committed_count(target)
+    count = _kept_count(site, target, settings)
     if count is None:
         return None
     inc_counter(NAMESPACE, "sites_kept")
@@ -150,32 +157,55 @@ def committed_count(target: StoragePath) -> int | None:
         return None  # damaged after it was written: done again
 
 
-class LocateSite(beam.DoFn):
-    """Segment one site's nucleus channel and write its locations file."""
+class LocateSite(ReadAheadDoFn):
+    """Segment one site's nucleus channel and write its locations file.
+
+    Images in an object store are read ahead (``ReadAheadDoFn``) while earlier sites are segmented.
+    """
 
     def __init__(self, settings: LocateSettings):
         self.settings = settings
 
     def setup(self) -> None:
+        super().setup()
         self._functions: OrderedDict[str, np.ndarray | None] = OrderedDict()  # a few plates' functions
 
-    def process(self, site: Site, started: list[str]) -> list:
+    def process(self, site: Site, started: list[str]) -> Iterator:
         del started  # only orders this step after the plates' markers
+        yield from self.read_ahead(site)
+
+    def _image_path(self, site: Site) -> StoragePath:
+        return self.settings.layout.image_file(site.channel_files[self.settings.channel_index])
+
+    def reads_ahead(self, site: Site) -> bool:
+        return in_a_bucket(lambda: [self._image_path(site)])
+
+    def fetch(self, site: Site) -> tuple[StoragePath, int | None, np.ndarray | None]:
+        """(target, nuclei a resumed plate already has, or None and the image to segment)."""
+        s = self.settings
+        target = s.target(site)
+        if (count := _kept_count(site, target, s)) is not None:
+            return target, count, None
+        return target, None, read_image(self._image_path(site), (s.height, s.width))
+
+    def emit(self, site: Site, fetched) -> Iterator:
         s = self.settings
         try:
-            target = s.target(site)
-            if (kept := _kept(site, target, s)) is not None:
-                return kept
-            image = read_image(s.layout.image_file(site.channel_files[s.channel_index]), (s.height, s.width))
+            target, kept, image = fetched.result()
+            if kept is not None:
+                inc_counter(NAMESPACE, "sites_kept")
+                yield _result(site, kept, s)
+                return
             nuclei = segment(image, self._function(site.plate), s.finder)
             target.write_text(locations_csv(nuclei.centres))  # the site is committed here
         except (ImageReadError, UnsafePathError, ValueError, OSError) as error:
             inc_counter(NAMESPACE, "sites_failed")
-            return [beam.pvalue.TaggedOutput("failed", failure("locate", site.key, str(error), row=str(site.row + 2))),
-                    _result(site, FAILED, s)]
+            yield beam.pvalue.TaggedOutput("failed", failure("locate", site.key, str(error), row=str(site.row + 2)))
+            yield _result(site, FAILED, s)
+            return
         inc_counter(NAMESPACE, "sites_located")
         inc_counter(NAMESPACE, "nuclei_found", len(nuclei.centres))
-        return [_result(site, len(nuclei.centres), s)]
+        yield _result(site, len(nuclei.centres), s)
 
     def _function(self, plate: str) -> np.ndarray | None:
         """The plate's illumination function for the channel, when prepare committed one."""

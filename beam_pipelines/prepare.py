@@ -27,14 +27,12 @@ import io
 import json
 import logging
 import threading
-from collections import OrderedDict, deque
-from concurrent.futures import ThreadPoolExecutor
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, replace
 from typing import Iterable, Iterator
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.transforms.window import GlobalWindows
 
 from dpcore.charts import illumination_functions
 from dpcore.compression import compress_channel, control_histogram
@@ -47,13 +45,14 @@ from dpcore.layout import ProjectLayout, UnsafePathError
 from dpcore.locking import output_lock
 from dpcore.loaddata import illumination_column
 from dpcore.metadata import Site, iter_index_chunks, scan_index
-from dpcore.sites import compressed_image_paths, raw_image_paths, read_images, read_stack
+from dpcore.sites import compressed_image_paths, in_a_bucket, raw_image_paths, read_images, read_stack
 from dpcore.storage import StoragePath, remove_stale_temporaries
 
 from beam_pipelines.context import CommandContext, UsageError
 from beam_pipelines.dead_letter import WriteDeadLetters, failure, read_failures, report_failures
 from beam_pipelines.index import ReadSites
 from beam_pipelines.progress import OutputProgress, ZeroForMissing, inc_counter
+from beam_pipelines.read_ahead import ReadAheadDoFn
 from beam_pipelines.running import describe_graph, run_pipeline
 
 logger = logging.getLogger(__name__)
@@ -167,50 +166,29 @@ class ClearPlateOutputs(beam.DoFn):
 
 
 # ---------------------------------------------------------------- statistics
-class ReadSiteContribution(beam.DoFn):
+class ReadSiteContribution(ReadAheadDoFn):
     """Read a site's channels and reduce them at once to its statistics contribution.
 
-    Images in an object store are read ahead: up to ``PREFETCH`` sites of a bundle are fetched at once
-    (each site's channels concurrently too, see ``dpcore.sites``), so a worker is not idle for each
-    request's latency; their outputs still come in the bundle's order. Local images are read in turn.
+    Images in an object store are read ahead (``ReadAheadDoFn``: up to 4 sites of a bundle at once, each
+    site's channels concurrently too, see ``dpcore.sites``); their outputs still come in the bundle's order.
+    Local images are read in turn.
     """
-
-    PREFETCH = 4
 
     def __init__(self, settings: PrepareSettings):
         self.settings = settings
 
-    def setup(self) -> None:
-        self._pool = ThreadPoolExecutor(self.PREFETCH, thread_name_prefix="dpbeam-prefetch")
-
-    def teardown(self) -> None:
-        self._pool.shutdown(wait=False)
-
-    def start_bundle(self) -> None:
-        self._pending: deque = deque()
-
     def process(self, site: Site, cleared_plates: list | None = None) -> Iterator:
         del cleared_plates  # only orders this step after the clearing of earlier outputs
-        try:
-            remote = not raw_image_paths(self.settings.layout, site)[0].is_local
-        except UnsafePathError:
-            remote = False  # reported by _read, in order
-        if not remote:
-            while self._pending:
-                yield from self._outputs(self._pending.popleft().result())
-            yield from self._outputs(self._read(site))
-            return
-        self._pending.append(self._pool.submit(self._read, site))
-        while len(self._pending) > self.PREFETCH:
-            yield from self._outputs(self._pending.popleft().result())
+        yield from self.read_ahead(site)
 
-    def finish_bundle(self) -> Iterator:
-        while self._pending:
-            for output in self._outputs(self._pending.popleft().result()):  # outside process(): windowed
-                if isinstance(output, beam.pvalue.TaggedOutput):
-                    yield beam.pvalue.TaggedOutput(output.tag, GlobalWindows.windowed_value(output.value))
-                else:
-                    yield GlobalWindows.windowed_value(output)
+    def reads_ahead(self, site: Site) -> bool:
+        return in_a_bucket(lambda: raw_image_paths(self.settings.layout, site))
+
+    def fetch(self, site: Site) -> tuple:
+        return self._read(site)
+
+    def emit(self, site: Site, fetched) -> Iterator:
+        return self._outputs(fetched.result())
 
     def _read(self, site: Site) -> tuple:
         """("ok", plate, contribution, images) or ("failed", record): no Beam call, so any thread may run it."""
@@ -336,11 +314,23 @@ def plates_cellprofiler_functions(index: StoragePath, channels: tuple[str, ...],
 
 
 # --------------------------------------------------------------- compression
-class CompressSite(beam.DoFn):
+@dataclass
+class SiteToCompress:
+    """What compressing a site reads: its plate's statistics, the PNGs an earlier run committed (None where
+    still to do) and the raw images of the channels still to do."""
+
+    statistics: object
+    targets: list[StoragePath]
+    compressed: list[np.ndarray | None]
+    raw: dict[int, np.ndarray]
+
+
+class CompressSite(ReadAheadDoFn):
     """Correct, compress and publish a site's channel PNGs; emit its control histogram.
 
     Every channel still to do is read before any PNG is written, so a site with
     one unreadable channel fails whole instead of leaving half its PNGs behind.
+    Images in an object store are read ahead (``ReadAheadDoFn``) while earlier sites are compressed.
     """
 
     # Plates' functions are tens of MB each: keep only the last few per DoFn instance.
@@ -353,8 +343,9 @@ class CompressSite(beam.DoFn):
         self.resumed_plates = resumed_plates
 
     def setup(self) -> None:
+        super().setup()
         self._statistics: OrderedDict[str, object] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # fetch runs in several threads
 
     def _plate_statistics(self, path: str):
         with self._lock:
@@ -367,14 +358,32 @@ class CompressSite(beam.DoFn):
             return self._statistics[path]
 
     def process(self, site: Site, ready_plates: dict) -> Iterator:
-        # A plate without statistics is reported once per plate, not per site.
-        if site.plate in ready_plates:
-            try:
-                yield site.plate, self._compress(site, self._plate_statistics(ready_plates[site.plate]))
-            except (ImageReadError, UnsafePathError) as error:
-                inc_counter(NAMESPACE, "sites_failed")
-                reason = str(error) + self._remove_earlier_pngs(site)
-                yield beam.pvalue.TaggedOutput("failed", failure("compression", site.key, reason))
+        yield from self.read_ahead(site, ready_plates)
+
+    def reads_ahead(self, site: Site) -> bool:
+        return in_a_bucket(lambda: raw_image_paths(self.settings.layout, site))
+
+    def fetch(self, site: Site, ready_plates: dict) -> SiteToCompress | None:
+        if site.plate not in ready_plates:  # reported once per plate, not per site
+            return None
+        s = self.settings
+        statistics = self._plate_statistics(ready_plates[site.plate])
+        targets = s.site_pngs(site)
+        trusted = site.plate in self.resumed_plates
+        compressed = [self._committed(target) if trusted else None for target in targets]
+        todo = [c for c, done in enumerate(compressed) if done is None]
+        images = read_images([s.layout.image_file(site.channel_files[c]) for c in todo], (s.height, s.width))
+        return SiteToCompress(statistics, targets, compressed, dict(zip(todo, images)))
+
+    def emit(self, site: Site, fetched, ready_plates: dict) -> Iterator:
+        try:
+            to_compress = fetched.result()
+            if to_compress is not None:
+                yield site.plate, self._compress(site, to_compress)
+        except (ImageReadError, UnsafePathError) as error:
+            inc_counter(NAMESPACE, "sites_failed")
+            reason = str(error) + self._remove_earlier_pngs(site)
+            yield beam.pvalue.TaggedOutput("failed", failure("compression", site.key, reason))
 
     def _remove_earlier_pngs(self, site: Site) -> str:
         """A failed site has no PNG under a final name: none from an earlier run either."""
@@ -389,20 +398,15 @@ class CompressSite(beam.DoFn):
         inc_counter(NAMESPACE, "earlier_files_removed", len(removed))
         return f"; its {len(removed)} PNG(s) from an earlier run were removed"
 
-    def _compress(self, site: Site, stats) -> np.ndarray:
+    def _compress(self, site: Site, read: SiteToCompress) -> np.ndarray:
         s = self.settings
-        targets = s.site_pngs(site)
-        trusted = site.plate in self.resumed_plates
-        compressed = [self._committed(target) if trusted else None for target in targets]
-        todo = [c for c, done in enumerate(compressed) if done is None]
-        images = read_images([s.layout.image_file(site.channel_files[c]) for c in todo], (s.height, s.width))
-        raw = dict(zip(todo, images))
-        for c, image in raw.items():
+        stats, compressed = read.statistics, list(read.compressed)
+        for c, image in read.raw.items():
             compressed[c] = compress_channel(image, stats.illum_correction_function[:, :, c], s.scaling_factor,
                                              float(stats.upper_percentiles[c]))
-            targets[c].write_bytes(encode_png(compressed[c]))  # the image is committed here
-        inc_counter(NAMESPACE, "pngs_written", len(raw))
-        inc_counter(NAMESPACE, "pngs_already_committed", len(targets) - len(raw))
+            read.targets[c].write_bytes(encode_png(compressed[c]))  # the image is committed here
+        inc_counter(NAMESPACE, "pngs_written", len(read.raw))
+        inc_counter(NAMESPACE, "pngs_already_committed", len(read.targets) - len(read.raw))
         histograms = np.zeros((len(s.channels), 256), dtype=np.float64)
         if s.is_control(site):
             inc_counter(NAMESPACE, "control_sites")

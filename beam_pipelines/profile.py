@@ -46,7 +46,7 @@ from dpcore.locking import output_lock
 from dpcore.metadata import Site, scan_index
 from dpcore.profiling import (FeatureModelSpec, classes_in_checkpoint, feature_parquet, feature_table,
                               pretrained_weights_file)
-from dpcore.single_cells import CellSource
+from dpcore.single_cells import CellSource, SiteData
 from dpcore.storage import StoragePath, as_storage_path
 from dpcore.tensorflow_runtime import cores_shared
 
@@ -54,6 +54,7 @@ from beam_pipelines.context import CommandContext, UsageError, acceleration_opti
 from beam_pipelines.dead_letter import WriteDeadLetters, failure, read_failures, report_failures
 from beam_pipelines.index import ReadSites
 from beam_pipelines.progress import OutputProgress, inc_counter
+from beam_pipelines.read_ahead import ReadAheadDoFn
 from beam_pipelines.running import describe_graph, run_pipeline
 
 logger = logging.getLogger(__name__)
@@ -111,10 +112,11 @@ def _cell_key(site: Site, cell: int) -> str:
     return f"{site.plate}|{site.well}|{site.site}|{cell}"
 
 
-class CutCells(beam.DoFn):
+class CutCells(ReadAheadDoFn):
     """Read a site, cut its cells; emit keyed crops and, once, the site's description.
 
-    A site that yields no features in this run has its earlier feature file
+    Images in an object store are read ahead (``ReadAheadDoFn``) while earlier sites are cut and run
+    through the model. A site that yields no features in this run has its earlier feature file
     (from a run under ``--overwrite``) removed: otherwise it would pass as current.
     """
 
@@ -122,8 +124,17 @@ class CutCells(beam.DoFn):
         self.source = source
 
     def process(self, site: Site) -> Iterator:
+        yield from self.read_ahead(site)
+
+    def reads_ahead(self, site: Site) -> bool:
+        return self.source.in_a_bucket(site)
+
+    def fetch(self, site: Site) -> SiteData:
+        return self.source.load(site)
+
+    def emit(self, site: Site, fetched) -> Iterator:
         try:
-            cut = self.source.cut(site)
+            cut = self.source.cut_loaded(fetched.result())
         except LocationsMissing as error:
             yield beam.pvalue.TaggedOutput("failed", failure(NO_CELLS, site.key, self._unpublish(site, str(error))))
         except (LocationsError, ImageReadError, UnsafePathError) as error:

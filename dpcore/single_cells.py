@@ -20,11 +20,22 @@ from dpcore.images import ImageReadError, read_image
 from dpcore.layout import ProjectLayout, resolve_inside
 from dpcore.locations import LocationsError, read_locations
 from dpcore.metadata import Site, check_columns, read_index
-from dpcore.sites import compressed_image_paths, raw_image_paths, read_stack
+from dpcore.sites import compressed_image_paths, in_a_bucket, raw_image_paths, read_stack
+from dpcore.storage import StoragePath
 
 logger = logging.getLogger(__name__)
 
 OUTLINES_INDEX = "outlines.csv"
+
+
+@dataclass(frozen=True)
+class SiteData:
+    """What cutting a site reads: cell centres, the (H, W, C) image stack, the outline labels if masked."""
+
+    site: Site
+    centres: np.ndarray
+    image: np.ndarray
+    labels: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -87,9 +98,9 @@ class CellSource:
 
     def read_image(self, site: Site) -> np.ndarray:
         if not self.use_compressed:
-            return read_stack(raw_image_paths(self.layout, site), self.image_shape)
+            return read_stack(self.image_paths(site), self.image_shape)
         try:
-            return read_stack(compressed_image_paths(self.layout, site), self.image_shape)
+            return read_stack(self.image_paths(site), self.image_shape)
         except ImageReadError as error:
             if not isinstance(error.__cause__, FileNotFoundError):
                 raise
@@ -104,16 +115,33 @@ class CellSource:
             return full_image_centres(self.height, self.width, self.view_size)
         return read_locations(self.layout.locations_file(site.plate, site.well, site.site))
 
-    def cut(self, site: Site, centres: np.ndarray | None = None) -> SiteCells:
+    def image_paths(self, site: Site) -> list[StoragePath]:
+        """The files :meth:`read_image` reads."""
+        if self.use_compressed:
+            return compressed_image_paths(self.layout, site)
+        return raw_image_paths(self.layout, site)
+
+    def in_a_bucket(self, site: Site) -> bool:
+        """Whether the site's images lie in an object store (worth reading ahead while others are cut)."""
+        return in_a_bucket(lambda: self.image_paths(site))
+
+    def load(self, site: Site, centres: np.ndarray | None = None) -> SiteData:
+        """Everything cutting the site reads (the I/O of :meth:`cut`; no computation, any thread)."""
         centres = self.centres(site) if centres is None else centres
         image = self.read_image(site)
+        return SiteData(site, centres, image, self.outline_labels(site) if self.outlines else None)
+
+    def cut(self, site: Site, centres: np.ndarray | None = None) -> SiteCells:
+        return self.cut_loaded(self.load(site, centres))
+
+    def cut_loaded(self, data: SiteData) -> SiteCells:
+        centres, image, labels = data.centres, data.image, data.labels
         # Full-image tiles cover view_size pixels and are resized to box_size, as in DeepProfiler.
         extent = self.view_size if self.mode == "full_image" else self.box_size
         boxes = cell_boxes(centres, extent * self.image_shape[0] / self.height, self.image_shape,
                            (self.height, self.width))
-        labels = ids = None
-        if self.outlines:
-            labels = self.outline_labels(site)
+        ids = None
+        if labels is not None:
             scaled = np.asarray(centres, dtype=np.float64) * [self.image_shape[1] / self.width,
                                                                self.image_shape[0] / self.height]
             ids = object_ids(labels, scaled)
@@ -122,7 +150,7 @@ class CellSource:
             batch = tf_crops.cut_crops(image.astype(np.float32), boxes, self.box_size, labels, ids)
         else:
             batch = cut_crops(image.astype(np.float32), boxes, self.box_size, labels, ids)
-        return SiteCells(site=site, centres=centres, batch=batch)
+        return SiteCells(site=data.site, centres=centres, batch=batch)
 
 
 def read_outlines_index(layout: ProjectLayout, source: str) -> dict[tuple[str, str, str], str]:

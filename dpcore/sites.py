@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 import numpy as np
 
 from dpcore.images import read_image
-from dpcore.layout import ProjectLayout
+from dpcore.layout import ProjectLayout, UnsafePathError
 from dpcore.metadata import Site
 from dpcore.storage import StoragePath
 
@@ -25,6 +26,15 @@ def raw_image_paths(layout: ProjectLayout, site: Site) -> list[StoragePath]:
 
 def compressed_image_paths(layout: ProjectLayout, site: Site) -> list[StoragePath]:
     return [layout.compressed_image_file(site.plate, relative) for relative in site.channel_files]
+
+
+def in_a_bucket(paths: Callable[[], list[StoragePath]]) -> bool:
+    """Whether any of a site's images lies in an object store (so is worth reading ahead). Paths that
+    cannot be resolved count as local: the read that follows, in turn, reports them."""
+    try:
+        return any(not path.is_local for path in paths())
+    except UnsafePathError:
+        return False
 
 
 # An object store answers each request after tens of milliseconds: a site's channels in a bucket are

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -269,7 +270,9 @@ class Trainer:
         for epoch in range(first_epoch, plan.epochs + 1):
             rate = self.plateau.rate if plan.schedule == "plateau" else plan.learning_rate_for(epoch)
             self.optimizer.learning_rate.assign(rate)
+            started = time.perf_counter()
             sums = self.train_epoch(batches, epoch)
+            trained = time.perf_counter()
             row = {"epoch": epoch, "learning_rate": rate, **sums.metrics(plan.metrics, plan.top_k)}
             improved = False
             if epoch % plan.validation_frequency == 0 or epoch == plan.epochs:
@@ -290,8 +293,16 @@ class Trainer:
             self.rows = [r for r in self.rows if r["epoch"] < epoch] + [row]
             logger.info("epoch %d/%d: %s", epoch, plan.epochs,
                         ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
+            validated = time.perf_counter()
             if self.chief:
                 self._publish(epoch, row, improved, writer)
+            # Where an epoch's time went: whether the input pipeline keeps up shows in the training rate
+            # (e.g. shards read from a bucket against local ones; bench/bench_s3.py reads this line).
+            crops = int(sums.examples)
+            logger.info("epoch %d/%d took %.1f s: %d crops in %.1f s of training steps (%.4g crops/s), "
+                        "%.1f s validating, %.1f s saving", epoch, plan.epochs, time.perf_counter() - started,
+                        crops, trained - started, crops / max(trained - started, 1e-9), validated - trained,
+                        time.perf_counter() - validated)
         return self.rows
 
     # ----------------------------------------------------------- outputs

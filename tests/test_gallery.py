@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import socket
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 
 import moto.server  # noqa: E402  (a test dependency: fail if missing)
 
@@ -60,7 +63,45 @@ def s3(tmp_path_factory):
         server.stop()
 
 
-def run_chain(root: str, gallery: str) -> list[str]:
+class ImageReads:
+    """Wraps ``read_image`` where the stages call it: images in a bucket take ``latency`` seconds more (a real bucket's
+    round trip, which a server on localhost lacks), and every read is recorded per command."""
+
+    def __init__(self, monkeypatch, latency: float = 0.05):
+        import beam_pipelines.locate
+        import dpcore.sites
+
+        self.latency, self.command = latency, ""
+        self.reads: list[tuple[str, str, float, float]] = []  # command, file name, start, end
+        self.lock = threading.Lock()
+        original = dpcore.sites.read_image
+
+        def read_image(path, expected_shape=None):
+            start = time.perf_counter()
+            if not path.is_local:
+                time.sleep(self.latency)
+            image = original(path, expected_shape)
+            with self.lock:
+                self.reads.append((self.command, path.name, start, time.perf_counter()))
+            return image
+
+        monkeypatch.setattr(dpcore.sites, "read_image", read_image)  # prepare, export-sc, profile
+        monkeypatch.setattr(beam_pipelines.locate, "read_image", read_image)
+
+    def most_sites_at_once(self, command: str, nth_read: int = 1) -> int:
+        """The most sites whose images were being read at the same moment during ``command`` (counting each
+        file's ``nth_read``-th read: prepare reads every image twice, statistics then compression)."""
+        seen: dict[str, int] = {}
+        spans = []
+        for name, start, end in sorted((r[1:] for r in self.reads if r[0] == command), key=lambda r: r[1]):
+            seen[name] = seen.get(name, 0) + 1
+            if seen[name] == nth_read:
+                spans.append((re.sub(r"_w\d.*$", "", name), start, end))  # IXMtest_A01_s1_w1…: site A01 s1
+        return max((len({site for site, start, end in spans if start <= moment < end})
+                    for _, moment, _ in spans), default=0)
+
+
+def run_chain(root: str, gallery: str, reads: ImageReads | None = None) -> list[str]:
     """The four commands a user runs on a Gallery plate; returns their output for the assertions."""
     common = ("--root", root, "--config", "gallery.json")
     outputs = []
@@ -71,6 +112,8 @@ def run_chain(root: str, gallery: str) -> list[str]:
         ("export-sc", "--direct_num_workers", "1"),
         ("profile", "--direct_num_workers", "1"),
     ):
+        if reads is not None:
+            reads.command = command[0]
         code, text = run_cli(*common, *command)
         assert code == 0, f"{command[0]}: {text}"
         outputs.append(text)
@@ -84,11 +127,19 @@ def features(root: StoragePath) -> pd.DataFrame:
                              if "Metadata_Cell_Index" in frame else list(frame.columns[:3])).reset_index(drop=True)
 
 
-def test_a_gallery_plate_is_profiled_in_place_and_matches_local_files(s3, tmp_path):
+def test_a_gallery_plate_is_profiled_in_place_and_matches_local_files(s3, tmp_path, monkeypatch):
     remote = StoragePath("s3://project/screen")
     project_files(remote)
     started = time.perf_counter()
-    imported, prepared, _, _ = run_chain(remote.url, GALLERY)
+    reads = ImageReads(monkeypatch)
+    imported, prepared, _, _ = run_chain(remote.url, GALLERY, reads)
+    # One worker each, yet sites in a bucket were read while others were being worked on, in every stage
+    # that reads them (prepare's two passes, export-sc, profile).
+    at_once = {"prepare statistics": reads.most_sites_at_once("prepare", 1),
+               "prepare compression": reads.most_sites_at_once("prepare", 2),
+               "export-sc": reads.most_sites_at_once("export-sc"), "profile": reads.most_sites_at_once("profile")}
+    assert all(sites >= 2 for sites in at_once.values()), at_once
+    assert max(at_once.values()) <= 5, at_once  # one site worked on and at most 4 read ahead
     assert f"wrote {remote.url}/inputs/metadata/index.csv: 6 site(s) of 1 plate(s) from 6 row(s)" in imported
     assert "5 channel(s) with CellProfiler illumination functions" in imported
     index = pd.read_csv(io.BytesIO((remote / "inputs/metadata/index.csv").read_bytes()), dtype=str)
@@ -244,3 +295,39 @@ def test_public_buckets_read_without_credentials_and_refusals_are_one_clear_line
     code, text = run_cli("--root", "s3://project/screen", "--config", "gallery.json", "validate")
     assert code == 2 and len(text.splitlines()) == 1 and f"cannot reach S3 at 127.0.0.1:{closed}" in text, text
     assert time.perf_counter() - started < 30
+
+
+def test_locate_reads_a_gallery_plate_ahead_and_a_missing_image_fails_only_its_site(s3, monkeypatch):
+    """locate on images in a bucket: sites are read ahead of the one being segmented, each site's locations
+    are those of its own image, and an image that is not there fails its site alone."""
+    from dpcore.segmentation import NucleusFinder, find_nuclei
+
+    root = StoragePath("s3://project/located")
+    project_files(root)
+    (root / "inputs/locations").remove(recursive=True)  # a screen without locations
+    common = ("--root", root.url, "--config", "gallery.json")
+    code, text = run_cli(*common, "import-loaddata",
+                         f"{GALLERY}/workspace/load_data_csv/{BATCH}/{PLATE}/load_data_with_illum.csv",
+                         "--platemap", f"{GALLERY}/workspace/metadata/platemap.csv",
+                         "--join", "Metadata_Plate", "Metadata_Well")
+    assert code == 0, text
+    index_file = root / "inputs/metadata/index.csv"
+    index = pd.read_csv(io.BytesIO(index_file.read_bytes()), dtype=str)
+    missing = index.Metadata_Well.eq("A13") & index.Metadata_Site.eq("2")
+    index.loc[missing, "DNA"] = index.loc[missing, "DNA"].str.replace(".tif", "-gone.tif", regex=False)
+    index_file.write_text(index.to_csv(index=False))
+
+    reads = ImageReads(monkeypatch)
+    reads.command = "locate"
+    code, text = run_cli(*common, "locate", "--direct_num_workers", "1")
+    assert code == 1 and f"{PLATE}/A13-2" in text and "-gone.tif" in text, text
+    assert 2 <= reads.most_sites_at_once("locate") <= 5, reads.reads
+    # Each site's nuclei are found in its own DNA image (the Gallery's file, read here from the local copy).
+    for _, row in index[~missing].iterrows():
+        image = tifffile.imread(s3 / "images" / BATCH / "images" / PLATE / row.DNA.rsplit("/", 1)[1])
+        expected = find_nuclei(image.astype(np.float32), NucleusFinder()).centres
+        located = pd.read_csv(io.BytesIO((root / f"inputs/locations/{PLATE}/{row.Metadata_Well}-"
+                                                 f"{row.Metadata_Site}-Nuclei.csv").read_bytes()))
+        np.testing.assert_allclose(located[["Nuclei_Location_Center_X", "Nuclei_Location_Center_Y"]].to_numpy(),
+                                   expected, atol=5e-4)
+    assert not (root / f"inputs/locations/{PLATE}/A13-2-Nuclei.csv").exists()
