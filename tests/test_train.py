@@ -68,6 +68,13 @@ def test_a_small_model_learns_the_synthetic_classes(tmp_path, monkeypatch, capsy
     printed = capsys.readouterr().err  # the command's log handler writes to standard error
     assert re.search(r"dpcore\.progress: epoch 2/4: 40 of 75 steps \(53%\), [\d.]+ steps/s, ETA \d+ s, loss \S+\n",
                      printed), printed[-3000:]
+    # Where each epoch's time went: 75 steps of 16 crops, and the parts add up to the epoch.
+    took = re.findall(r"epoch (\d)/4 took ([\d.]+) s: (\d+) crops in ([\d.]+) s of training steps "
+                      r"\(([\d.]+) crops/s\), ([\d.]+) s validating, ([\d.]+) s saving", printed)
+    assert [(epoch, crops) for epoch, _, crops, *_ in took] == [(str(e), "1200") for e in range(1, 5)], printed[-3000:]
+    for _, total, crops, steps, rate, validating, saving in took:
+        assert float(steps) + float(validating) + float(saving) <= float(total) + 0.15
+        assert abs(int(crops) / float(steps) / float(rate) - 1) < 0.1
     curves = Image.open(out / "logs/training_curves.png")
     assert curves.size == (4 * 420, 360)  # loss, accuracy, top-k, average class precision
     assert list((out / "summaries").glob("events.out.tfevents.*"))
