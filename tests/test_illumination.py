@@ -249,3 +249,21 @@ def test_every_statistic_survives_the_npz_round_trip(tmp_path):
             np.testing.assert_array_equal(getattr(loaded, name), getattr(statistics, name), err_msg=name)
         expected = np.zeros((2, 256)) if controls is None else controls
         np.testing.assert_array_equal(loaded.controls_distribution, expected)
+
+
+def test_the_robust_minimum_is_scipys_scoreatpercentile_bit_for_bit():
+    """DeepProfiler takes the function's robust minimum with ``scipy.stats.scoreatpercentile``; dpbeam's numpy
+    version (no scipy.stats import at start-up) must give the very same float, interpolated or exact."""
+    import scipy.stats
+
+    from dpcore.illumination import score_at_percentile
+
+    rng = np.random.default_rng(3)
+    for size in (1, 2, 3, 100, 1001, 520 * 696):
+        for dtype in (np.float64, np.float32, np.uint16):
+            values = (rng.random(size) * 4000).astype(dtype)
+            for percent in (0, 2, 2.5, 33.3333, 50, 99.95, 100):
+                assert score_at_percentile(values, percent) == scipy.stats.scoreatpercentile(values, percent), \
+                    (size, dtype, percent)
+    image = rng.random((52, 69)) * 1000  # 2-D, as the filtered mean image
+    assert score_at_percentile(image, 2) == scipy.stats.scoreatpercentile(image, 2)
