@@ -175,6 +175,23 @@ def test_a_gallery_plate_is_profiled_in_place_and_matches_local_files(s3, tmp_pa
     assert len(ours) == len(reference) > 300
     feature_columns = [c for c in ours.columns if c.startswith("cnn_")]
     np.testing.assert_array_equal(ours[feature_columns].to_numpy(), reference[feature_columns].to_numpy())
+
+    # The commands after profile read and write the bucket too: split, aggregate, evaluate, report.
+    common = ("--root", remote.url, "--config", "gallery.json")
+    code, text = run_cli(*common, "split", "--parts", "2")
+    assert code == 0, text
+    parts = [pd.read_csv(io.BytesIO(path.read_bytes()), dtype=str)
+             for path in sorted((remote / "inputs/metadata").glob("index-0*.csv"))]
+    assert [sorted(set(part.Metadata_Well)) for part in parts] == [["A01"], ["A13"]]  # wells are never divided
+    assert sorted(pd.concat(parts).Metadata_Well + pd.concat(parts).Metadata_Site) == sorted(
+        index.Metadata_Well + index.Metadata_Site)
+    for command in ("aggregate", "evaluate", "report"):
+        code, text = run_cli(*common, command)
+        assert code == 0, f"{command}: {text}"
+    sites = pd.read_parquet(io.BytesIO((remote / "outputs/results/profiles/sites.parquet").read_bytes()))
+    assert len(sites) == 6 and sites["Metadata_Object_Count"].sum() == len(ours)
+    assert (remote / "outputs/results/evaluation/phenotypic_activity.parquet").exists()
+    assert "<html" in (remote / "outputs/results/report/index.html").read_text().lower()
     print(f"gallery chain on s3:// in {time.perf_counter() - started:.0f} s")
 
 
