@@ -100,7 +100,7 @@ def test_the_launchers_index_scan_does_not_grow_with_the_index(tmp_path, example
                                                           "channels": CHANNELS}}}
     config = parse_config(data)
     peaks = []
-    for sites in (6_000, 48_000):
+    for sites in (12_000, 96_000):
         path = tmp_path / f"index-{sites}.csv"
         _big_index(path, sites)
         peak, scan = _scan_peak_mb(path, config)
