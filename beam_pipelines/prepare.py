@@ -184,13 +184,10 @@ class ReadSiteContribution(ReadAheadDoFn):
     def reads_ahead(self, site: Site) -> bool:
         return in_a_bucket(lambda: raw_image_paths(self.settings.layout, site))
 
-    def fetch(self, site: Site) -> tuple:
-        return self._read(site)
-
     def emit(self, site: Site, fetched) -> Iterator:
         return self._outputs(fetched.result())
 
-    def _read(self, site: Site) -> tuple:
+    def fetch(self, site: Site) -> tuple:
         """("ok", plate, contribution, images) or ("failed", record): no Beam call, so any thread may run it."""
         s = self.settings
         try:

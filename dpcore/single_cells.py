@@ -97,12 +97,10 @@ class CellSource:
         return self.height, self.width
 
     def read_image(self, site: Site) -> np.ndarray:
-        if not self.use_compressed:
-            return read_stack(self.image_paths(site), self.image_shape)
         try:
             return read_stack(self.image_paths(site), self.image_shape)
         except ImageReadError as error:
-            if not isinstance(error.__cause__, FileNotFoundError):
+            if not self.use_compressed or not isinstance(error.__cause__, FileNotFoundError):
                 raise
             # prepare removes a failed site's PNGs, so a missing one is usually a failure upstream.
             raise ImageReadError(f"{error} (prepare has not written this site's compressed PNGs: it was not "
