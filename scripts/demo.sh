@@ -2,7 +2,7 @@
 # Set up .venv, write the example project to ./demo-project (or $1) and run every
 # command on it with the local DirectRunner.
 #
-# The demo trains ONE epoch, not the example config's three, so that it ends in about two minutes on a
+# The demo trains ONE epoch, not the example config's three, so that it ends in about two and a half minutes on a
 # 2-core laptop: it uses demo.json, which is bbbc022.json with train.model.epochs 1 and
 # profile.checkpoint checkpoint_0001.hdf5. Everything else (EfficientNet-B0, 128-pixel boxes, all 808 cells)
 # is the example's. Run `dpbeam --root demo-project --config bbbc022.json train` for the full three epochs.

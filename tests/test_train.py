@@ -485,9 +485,10 @@ def test_gpu_options_that_cannot_work_are_refused_before_training(synthetic):
 
 
 def test_traintf2_with_cores_trains(synthetic):
-    # DeepProfiler 0.3.1's command name and its --cores flag (TensorFlow's thread pools here).
+    # DeepProfiler 0.3.1's command name and its --cores flag (TensorFlow's thread pools here). Seed 0 is a
+    # seed like any other: tf.data's shuffle once failed on it (a global seed of 0 with a per-pass tensor seed).
     config = write_config(synthetic, synthetic_config(epochs=1), "train.json")
-    code, text = run_cli("--root", str(synthetic), "--config", config, "--cores", "1", "traintf2", "--seed", "7")
+    code, text = run_cli("--root", str(synthetic), "--config", config, "--cores", "1", "traintf2", "--seed", "0")
     assert code == 0 and "train: cnn (conv_blocks 3)" in text, text
     assert list(log(synthetic)["epoch"]) == [1]
 
