@@ -252,6 +252,26 @@ def test_epoch_metrics_are_deepprofilers_and_keras_names():
     assert values["val_average_class_precision"] == pytest.approx(0.5)
 
 
+def test_the_cpu_alone_gets_plain_batches_and_several_replicas_distributed_ones(synthetic):
+    """On the CPU's OneDeviceStrategy a tf.distribute dataset halved the training step rate (see the README's
+    train benchmark): the trainer hands it the plain dataset; a strategy with replicas keeps the distributed one."""
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from dpcore.trainer import DataSettings, Trainer  # noqa: PLC0415
+    info = ExportInfo.read(StoragePath(str(synthetic / "outputs/single-cells")))
+    data = DataSettings(cache_size=64, workers=1, factor=1.0, augmentations=False, validation_frame="val",
+                        validation_batch_size=8, sample_first_crops=False, seed=0)
+    holder = SimpleNamespace(tf=tensorflow, info=info, plan=SimpleNamespace(batch_size=8), data=data, first_rows=None)
+    holder.strategy = tensorflow.distribute.OneDeviceStrategy("/cpu:0")
+    batches = Trainer._batches(holder, 1)
+    assert not isinstance(batches, tensorflow.distribute.DistributedIterator)
+    images = next(batches)[0]
+    assert isinstance(images, tensorflow.Tensor) and tuple(images.shape)[0] == 8
+    holder.strategy = tensorflow.distribute.MirroredStrategy(["/cpu:0"])
+    batches = Trainer._batches(holder, 1)
+    assert isinstance(batches, tensorflow.distribute.DistributedIterator)
+
+
 def test_online_labels_are_per_cell_and_move_toward_the_models_predictions(synthetic):
     data = synthetic_config(epochs=2, crop_generator="online_labels_cropgen")
     data["train"]["model"]["params"].update({"online_label_smoothing": 0.2, "online_lambda": 0.5,
