@@ -181,7 +181,8 @@ def _run(arguments: list[str], emit: Callable[[str], None]) -> int:
             raise UsageError(f"--cores must be 0 (all) or a number of cores, got {args.cores}")
         beam_args = local_parallelism(leftovers, args.cores, spec.local_threads) if spec.uses_beam else tuple(leftovers)
         context = CommandContext(layout=layout, config_name=args.config, gpu=args.gpu,
-                                 beam_args=beam_args, cores=args.cores)
+                                 beam_args=beam_args, cores=args.cores,
+                                 own_beam_args=tuple(leftovers) if spec.uses_beam and spec.local_threads else None)
         return spec.run(context, args, emit)
     except (UsageError, ConfigError, MetadataError, UnsafePathError, ValueError) as error:
         logger.debug("dpbeam %s stopped", spec.name, exc_info=True)  # --log-level DEBUG shows where

@@ -26,6 +26,20 @@ class CommandContext:
     gpu: str | None = None
     beam_args: tuple[str, ...] = field(default_factory=tuple)
     cores: int = 0  # --cores: local cores to use, 0 = all (DeepProfiler's flag)
+    # The Beam arguments as the user gave them, before local_parallelism's defaults; None: the command
+    # takes them as they are (aggregate; commands without a pipeline).
+    own_beam_args: tuple[str, ...] | None = None
+
+    def sized_for(self, sites: int) -> "CommandContext":
+        """The same context with the local default parallelism for a run of ``sites`` sites: one in-process
+        worker below FEW_SITES_PER_THREAD per thread (see local_parallelism)."""
+        if self.own_beam_args is None:
+            return self
+        sized = local_parallelism(self.own_beam_args, self.cores, sites=sites)
+        if sized != self.beam_args:
+            logger.info("%d site(s) to process: one in-process worker on the local runner (threads start "
+                        "slower than they gain below %d sites per thread)", sites, FEW_SITES_PER_THREAD)
+        return replace(self, beam_args=sized)
 
     def load_config(self, command: str) -> Config:
         """Load ``--config`` and check it has what ``command`` needs (fails fast)."""
@@ -52,15 +66,27 @@ class CommandContext:
             logger.info("CUDA_VISIBLE_DEVICES=%s", self.gpu)
 
 
-def local_parallelism(beam_args: Sequence[str], cores: int = 0, threads: bool = True) -> tuple[str, ...]:
+# Below this many sites per worker thread a run gets one in-process worker instead. On 2 cores, one plate of
+# 12 sites (2026-12-02, the example): prepare 6.0-6.3 s in memory against 5.8-7.1 s with two threads,
+# export-sc 4.6-5.7 against 4.5-4.8 s, profile (EfficientNet-B0) 28-30 against 29-31 s, for 10-25% less CPU;
+# 4 sites: profile 1.9-3.1 against 3.7-4.4 s. Threads pay a runner start-up per stage that a few sites do
+# not earn back; from a few plates on they gain 1.4-1.7x (local_parallelism).
+FEW_SITES_PER_THREAD = 8
+
+
+def local_parallelism(beam_args: Sequence[str], cores: int = 0, threads: bool = True,
+                      sites: int | None = None) -> tuple[str, ...]:
     """On the local DirectRunner, default to one worker thread per core (every pipeline command but aggregate).
 
     Much of each stage's work runs outside the GIL (numpy's array loops, ISA-L's deflate in prepare,
     TensorFlow in profile), so threads of one process overlap: on 2 cores prepare went from ~3.1 to
-    ~5 sites/s, export-sc from ~235 to ~337 cells/s and profile from ~120 to ~170 cells/s, for ~0.2 s
-    more runner start-up than the single in-process worker (threads, unlike worker processes, import
-    nothing again). ``cores`` (``--cores``, 0 = all) sets the number of threads. Users' own
+    ~5 sites/s, export-sc from ~235 to ~337 cells/s and profile from ~120 to ~170 cells/s (threads, unlike
+    worker processes, import nothing again). They cost more runner start-up than the single in-process
+    worker, 0.6-2 s of CPU per run (more stages' bundles, set-ups and gRPC exchange), hence ``sites``. ``cores`` (``--cores``, 0 = all) sets the number of threads. Users' own
     --runner/--direct_* choices always win.
+
+    ``sites``, when the command knows how many sites it will process: fewer than FEW_SITES_PER_THREAD per
+    thread get one in-process worker (Beam's in_memory mode), which finishes a handful of sites sooner.
 
     ``threads=False`` (aggregate) defaults to one in-process worker (Beam's in_memory mode) instead:
     aggregate's work is small (one row per group, the tables finished in one step anyway), and its runs on
@@ -74,9 +100,10 @@ def local_parallelism(beam_args: Sequence[str], cores: int = 0, threads: bool = 
         return beam_args
     if "--direct_num_workers" in chosen or "--direct_running_mode" in chosen:
         return beam_args
-    if not threads:
-        return beam_args + ("--direct_num_workers=1", "--direct_running_mode=in_memory")
     threads_wanted = cores or os.cpu_count() or 1
+    few_sites = sites is not None and threads_wanted > 1 and sites < FEW_SITES_PER_THREAD * threads_wanted
+    if not threads or few_sites:
+        return beam_args + ("--direct_num_workers=1", "--direct_running_mode=in_memory")
     return beam_args + (f"--direct_num_workers={threads_wanted}", "--direct_running_mode=multi_threading")
 
 

@@ -72,6 +72,7 @@ class ExportSettings:
     plan: ExportPlan
     training: tuple[str, ...]
     validation: tuple[str, ...]
+    sites: int = 0  # in the index: sizes the local default parallelism (CommandContext.sized_for)
 
     @property
     def layout(self) -> ProjectLayout:
@@ -478,7 +479,8 @@ def plan(layout: ProjectLayout, config: Config, index: StoragePath, fmt: str, co
         shards=estimate_shards(source, scan.sampled_sites(), per_split, shard_mb),
         box_size=source.box_size, channels=tuple(source.channels), label_field=partition.label_field,
         split_field=partition.split_field)
-    return ExportSettings(source=source, plan=export_plan, training=training, validation=validation)
+    return ExportSettings(source=source, plan=export_plan, training=training, validation=validation,
+                          sites=scan.sites)
 
 
 def build(pipeline: beam.Pipeline, settings: ExportSettings) -> None:
@@ -490,6 +492,7 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     context = context.with_config_paths(config)
     settings = plan(context.layout, config, context.layout.index_file, args.format, "GZIP" if args.gzip else "",
                     args.shard_mb)
+    context = context.sized_for(settings.sites)
     if args.dry_run:
         for line in describe_graph(lambda pipeline: build(pipeline, settings), context.beam_args):
             emit(line)

@@ -530,6 +530,8 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     def build(pipeline):
         return pipeline | "Locate" >> LocatePlates(settings, str(layout.index_file), frozenset(plan.todo))
 
+    todo_sites = sum(scan.values["Metadata_Plate"].get(plate, 0) for plate in plan.todo)
+    context = context.sized_for(todo_sites)
     if args.dry_run:
         for line in describe_graph(build, context.beam_args):
             emit(line)
@@ -538,7 +540,6 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     with output_lock(layout.locations_dir, "locate"):
         run_file = settings.run_record(layout.index_file)
         run_file.remove()  # the job writes it last: one from an earlier run must not pass for this one's
-        todo_sites = sum(scan.values["Metadata_Plate"].get(plate, 0) for plate in plan.todo)
         run = run_pipeline(build, context.beam_args, NAMESPACE, detach=getattr(args, "detach", False),
                            commit=run_file,
                            progress=OutputProgress("locate", [layout.locations_dir / p for p in plan.todo],

@@ -420,18 +420,18 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     if args.part >= 0:
         layout = ProjectLayout.create(layout.root, layout.experiment, layout.single_cells,
                                       layout.split_index_file(args.part).url, layout.overrides)
-    beam_args = context.beam_args  # with the local default parallelism (beam_pipelines.context.local_parallelism)
+    scan = scan_index(layout.index_file, config, "profile")  # fail fast on a bad index; nothing per site is kept
+    # With the local default parallelism (beam_pipelines.context.local_parallelism) for this many sites.
+    beam_args = context.sized_for(scan.sites).beam_args
     # Before TensorFlow starts in this process (the probe below) and in local worker processes.
     with cores_shared(local_model_callers(beam_args)) as per_call:
         if per_call:
             logger.info("local workers call the model with %d TensorFlow thread(s) each", per_call)
-        return _profile(config, layout, beam_args, args, emit)
+        return _profile(config, layout, beam_args, args, emit, scan)
 
 
 def _profile(config: Config, layout: ProjectLayout, beam_args: tuple[str, ...], args: argparse.Namespace,
-             emit) -> int:
-    index_path = layout.index_file
-    scan = scan_index(index_path, config, "profile")  # fail fast on a bad index; nothing per site is kept
+             emit, scan) -> int:
     source = replace(CellSource.from_config(layout, config), crop_engine="tensorflow")
     batch_size, acceleration = acceleration_options(args, config.profile.batch_size, "profile.batch_size")
     spec = replace(build_spec(layout, config, args.pretrained_weights), acceleration=acceleration)

@@ -36,6 +36,11 @@ from dpcore.training_data import (ExportInfo, cells_per_epoch, numbered_records,
 
 logger = logging.getLogger(__name__)
 
+# logs/training_curves.png is redrawn after an epoch only when this long has passed since the last drawing,
+# and always after the last epoch. Drawing the four panels costs ~0.4 s of CPU: nothing against an epoch of
+# minutes, but most of the bookkeeping of epochs that take seconds (small models, tests). log.csv, the
+# checkpoints and the backup are still written after every epoch; the picture is at most this stale.
+CURVES_EVERY_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -121,11 +126,15 @@ class Trainer:
             cells = info.cells(("training",)) if plan.online_labels else 1
             self.soft_labels = tf.Variable(tf.zeros((cells, plan.num_classes)), trainable=False, name="soft_labels")
         self.rows = []
+        self._curves_drawn_at = time.monotonic()  # of the last drawing, or of the start (reset in run())
         self._summaries_staging: str | None = None
         self.plateau = PlateauController(plan.learning_rate)
         self.best_validation = float("inf")
         self._train_step = self._build_train_step()
+        # One trace for every batch size: validation's last batch is usually smaller, and tracing the
+        # network's forward pass again for it costs seconds of Python for an EfficientNet.
         self._eval_step = tf.function(lambda images: self.model(images, training=False),
+                                      input_signature=[tf.TensorSpec((None, *plan.input_shape), tf.float32)],
                                       jit_compile=acceleration.xla, autograph=False)
 
     # ------------------------------------------------------------- steps
@@ -267,6 +276,7 @@ class Trainer:
     def run(self, first_epoch: int) -> list[dict]:
         plan = self.plan
         writer = self._summary_writer() if self.chief else None
+        self._curves_drawn_at = time.monotonic()
         batches = self._batches(first_epoch)
         if plan.online_labels and first_epoch == 1:
             self.soft_labels.assign(initial_soft_labels(self.training_labels(), plan.num_classes,
@@ -324,8 +334,10 @@ class Trainer:
         if self.plan.saves_checkpoint(epoch, improved):
             save_weights(self.model, layout.checkpoint_dir / checkpoint_name(epoch))
         write_log(layout.logs_dir / "log.csv", self.rows)
-        (layout.logs_dir / "training_curves.png").write_bytes(
-            training_curves(self.rows, f"{self.plan.model_name}: {len(self.labels)} classes"))
+        if self._curves_due(epoch):
+            (layout.logs_dir / "training_curves.png").write_bytes(
+                training_curves(self.rows, f"{self.plan.model_name}: {len(self.labels)} classes"))
+            self._curves_drawn_at = time.monotonic()
         if self.plan.online_labels:
             self._write_soft_labels(epoch)
         with writer.as_default():
@@ -338,6 +350,11 @@ class Trainer:
                 with open(os.path.join(self._summaries_staging, name), "rb") as events:
                     (self.layout.summaries_dir / name).write_bytes(events.read())
         self.save_backup(epoch)
+
+    def _curves_due(self, epoch: int) -> bool:
+        """The last epoch, and any other once CURVES_EVERY_SECONDS have passed since the run started or the
+        picture was last drawn."""
+        return epoch == self.plan.epochs or time.monotonic() - self._curves_drawn_at >= CURVES_EVERY_SECONDS
 
     def save_backup(self, epoch: int) -> None:
         backup = self.layout.checkpoint_dir / "backup"

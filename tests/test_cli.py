@@ -277,6 +277,26 @@ def test_deepprofilers_cores_flag_sets_the_local_worker_threads(project):
     assert code == 2 and "--cores must be 0 (all) or a number of cores, got -2" in text, text
 
 
+def test_a_handful_of_sites_runs_on_one_in_process_worker(project, capsys):
+    from beam_pipelines.context import FEW_SITES_PER_THREAD, local_parallelism
+
+    memory = ("--direct_num_workers=1", "--direct_running_mode=in_memory")
+    threads = ("--direct_num_workers=2", "--direct_running_mode=multi_threading")
+    assert local_parallelism((), 2, sites=2 * FEW_SITES_PER_THREAD - 1)[-2:] == memory
+    assert local_parallelism((), 2, sites=2 * FEW_SITES_PER_THREAD)[-2:] == threads
+    assert local_parallelism((), 2)[-2:] == threads  # the number of sites unknown
+    assert local_parallelism(("--direct_num_workers", "2"), 2, sites=1) == ("--direct_num_workers", "2")  # yours win
+    assert local_parallelism(("--runner", "FlinkRunner"), 2, sites=1) == ("--runner", "FlinkRunner")
+    # The commands count the sites they will process: the example's 12 on two threads, then on one.
+    capsys.readouterr()
+    code, text = run("--root", str(project), "--config", "bbbc022.json", "--cores", "2", "prepare", "--dry_run")
+    logged = capsys.readouterr().err  # the command's log handler writes to standard error
+    assert code == 0 and "12 site(s) to process: one in-process worker on the local runner" in logged, text
+    code, text = run("--root", str(project), "--config", "bbbc022.json", "--cores", "1", "prepare", "--dry_run")
+    logged = capsys.readouterr().err
+    assert code == 0 and "one in-process worker" not in logged, text  # one thread already
+
+
 def test_traintf2_is_deepprofilers_name_for_train(project):
     code, text = run("--root", str(project), "--config", "bbbc022.json", "traintf2")
     assert code == 2 and "run 'dpbeam ... export-sc' first" in text  # train's own check, under the old name

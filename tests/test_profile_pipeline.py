@@ -22,7 +22,7 @@ from dpcore.metadata import load_sites  # noqa: E402
 from dpcore.single_cells import CellSource  # noqa: E402
 from dpcore.storage import StoragePath  # noqa: E402
 from tests import reference  # noqa: E402
-from tests.conftest import EXAMPLE, run_cli, write_config  # noqa: E402
+from tests.conftest import EXAMPLE, built_once_per_run, run_cli, write_config  # noqa: E402
 
 pytestmark = pytest.mark.pipeline
 BOX = 64
@@ -30,8 +30,20 @@ CHANNELS = ("DNA", "RNA", "ER", "AGP", "Mito")
 SITES = [("A01", "1"), ("A01", "7"), ("A13", "1"), ("A13", "7")]
 
 
+@pytest.fixture(scope="session")
+def seeded_efficientnet(tmp_path_factory) -> Path:
+    """An EfficientNet-B0 checkpoint (64-pixel crops, 5 channels, 2 classes, seed 3), written once per run:
+    building and saving it is ~3.5 s of CPU, and a dozen tests start from the same one."""
+    def build(folder: Path) -> str:
+        keras.utils.set_random_seed(3)
+        save_weights(models.classifier("efficientnet", (BOX, BOX, 5), 2), StoragePath(str(folder / "b0.hdf5")))
+        return "built"
+
+    return built_once_per_run(tmp_path_factory, "seeded-efficientnet", build)[0] / "b0.hdf5"
+
+
 @pytest.fixture()
-def small(tmp_path, example_config_dict):
+def small(tmp_path, example_config_dict, seeded_efficientnet):
     """Four real sites, original TIFFs, 64-pixel boxes, an EfficientNet-B0 checkpoint of our own."""
     root = tmp_path / "project"
     shutil.copytree(EXAMPLE, root)
@@ -43,9 +55,9 @@ def small(tmp_path, example_config_dict):
     data["dataset"]["locations"]["box_size"] = BOX
     data["profile"]["batch_size"] = 16
     name = write_config(root, data)
-    keras.utils.set_random_seed(3)
-    model = models.classifier("efficientnet", (BOX, BOX, 5), 2)
-    save_weights(model, StoragePath(str(root / "outputs/results/checkpoint/checkpoint_0003.hdf5")))
+    keras.utils.set_random_seed(3)  # what follows in the test draws as it did when the model was built here
+    (root / "outputs/results/checkpoint").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(seeded_efficientnet, root / "outputs/results/checkpoint/checkpoint_0003.hdf5")
     return root, name, data
 
 

@@ -56,10 +56,13 @@ def test_a_small_model_learns_the_synthetic_classes(tmp_path, monkeypatch, capsy
                                                                "validation": (40, 40, 40)})
     data = synthetic_config(epochs=4)
     data["train"]["model"]["params"]["batch_size"] = 16
+    drawn = count_curve_drawings(monkeypatch)
     code, text = train(synthetic, data)
     assert code == 0, text
     history = log(synthetic)
     assert list(history["epoch"]) == [1, 2, 3, 4]
+    # Epochs of seconds: the picture is drawn once, at the end (its 0.4 s would be a tenth of the run).
+    assert drawn == [4], drawn
     assert history["val_accuracy"].iloc[-1] > 0.8, history  # chance is 1/3
     assert history["loss"].iloc[-1] < history["loss"].iloc[0]
     assert {"top_2", "average_class_precision", "val_top_2", "val_average_class_precision"} <= set(history.columns)
@@ -128,12 +131,31 @@ def test_every_sampling_and_validation_setting_reaches_the_trainer(tmp_path, mon
     assert not same(first, first_epoch_weights({"cache_size": 16, "workers": 3}))
 
 
-def test_step_schedule_sets_the_rate_of_each_epoch(synthetic):
+def test_step_schedule_sets_the_rate_of_each_epoch(synthetic, monkeypatch):
     # DeepProfiler's epochs are Keras' 0-based ones: issue #15's example, base 0.05 over 4 epochs.
     data = synthetic_config(epochs=4, lr_schedule={"epoch": [2, 3], "lr": [0.01, 0.001]})
     data["train"]["model"]["params"]["learning_rate"] = 0.05
+    drawn = count_curve_drawings(monkeypatch, every_seconds=0)  # as if each epoch took longer than the period
     assert train(synthetic, data)[0] == 0
     np.testing.assert_allclose(log(synthetic)["learning_rate"], [0.05, 0.05, 0.01, 0.001])
+    assert drawn == [1, 2, 3, 4], "epochs longer than CURVES_EVERY_SECONDS: the picture after each"
+
+
+def count_curve_drawings(monkeypatch, every_seconds: float | None = None) -> list[int]:
+    """The number of epochs in each training-curves picture the trainer draws from now on."""
+    from dpcore import trainer
+
+    drawn: list[int] = []
+    draw = trainer.training_curves
+
+    def counting(rows, *args, **kwargs):
+        drawn.append(len(rows))
+        return draw(rows, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "training_curves", counting)
+    if every_seconds is not None:
+        monkeypatch.setattr(trainer, "CURVES_EVERY_SECONDS", every_seconds)
+    return drawn
 
 
 def test_cosine_schedule_is_deepprofilers():
