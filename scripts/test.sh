@@ -3,7 +3,8 @@
 #
 # Three test processes (pytest-xdist; DPBEAM_TEST_WORKERS changes it, 0 runs in this process): many tests
 # wait on process start-ups, TensorFlow imports, model tracing and pipeline set-up, so even on two cores a
-# third process helps (2026-12-01, 2 cores: 14 min with two, 12 with three). Each process holds TensorFlow
+# third process helps (2026-12-01, 2 cores: 14 min with two, 12 with three; 2026-12-02: four took 12 min
+# 50 s against three's 12 min 16 s, more processes only add contention). Each process holds TensorFlow
 # (1-2 GB). The longest tests are collected first (tests/conftest.py). Each test prints a line when it ends
 # (-v), so a long one shows where the suite is.
 set -euo pipefail
