@@ -530,7 +530,7 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     def build(pipeline):
         return pipeline | "Locate" >> LocatePlates(settings, str(layout.index_file), frozenset(plan.todo))
 
-    todo_sites = sum(scan.values["Metadata_Plate"].get(plate, 0) for plate in plan.todo)
+    todo_sites = scan.sites_on(plan.todo)
     context = context.sized_for(todo_sites)
     if args.dry_run:
         for line in describe_graph(build, context.beam_args):

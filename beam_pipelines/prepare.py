@@ -594,11 +594,6 @@ def _cellprofiler_functions(context: CommandContext, config: Config, plates: lis
     return resolved
 
 
-def _sites_of(scan, plates) -> int:
-    """The index's sites on ``plates`` (the launcher's scan counted them per plate)."""
-    return sum(scan.values["Metadata_Plate"].get(plate, 0) for plate in plates)
-
-
 def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     config = context.load_config("prepare")
     context = context.with_config_paths(config)
@@ -615,7 +610,7 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
          f"{'CellProfiler (from the index)' if settings.functions == 'cellprofiler' else 'computed'}")
     if args.dry_run:
         todo, resume, _ = plan_plates(settings, plates)
-        context = context.sized_for(_sites_of(scan, todo))
+        context = context.sized_for(scan.sites_on(todo))
         if todo:
             for line in describe_graph(lambda pipeline: pipeline | "Prepare" >> PreparePlates(
                     settings, str(settings.layout.index_file), frozenset(todo), resume), context.beam_args):
@@ -635,7 +630,7 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
             return 0
         logger.info("prepare: %d plate(s) to process (%d resuming from committed statistics), %d already "
                     "complete", len(todo), len(resume), len(complete))
-        context = context.sized_for(_sites_of(scan, todo))
+        context = context.sized_for(scan.sites_on(todo))
         record = settings.run_record(settings.layout.index_file)
         record.remove()  # the job writes it last: one from an earlier run must not pass for this one's
         run = run_pipeline(
@@ -663,8 +658,7 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
 def _progress(settings: PrepareSettings, todo: list[str], scan) -> OutputProgress:
     """PNGs written (or, without compression, plates' statistics), counted while the job runs."""
     if settings.compress:
-        sites = sum(scan.values["Metadata_Plate"].get(plate, 0) for plate in todo)
         return OutputProgress("prepare", [settings.compressed_plate_dir(plate) for plate in todo], ".png",
-                              "PNGs", sites * len(settings.channels))
+                              "PNGs", scan.sites_on(todo) * len(settings.channels))
     return OutputProgress("prepare", [settings.plate_dir(plate) for plate in todo], ".npz", "plates", len(todo))
 

@@ -187,6 +187,11 @@ class IndexScan:
     problems: list[str] = field(default_factory=list)
     problem_count: int = 0
 
+    def sites_on(self, plates: Iterable[str]) -> int:
+        """How many of the index's sites lie on ``plates`` (the scan must count ``Metadata_Plate``)."""
+        per_plate = self.values["Metadata_Plate"]
+        return sum(per_plate.get(plate, 0) for plate in plates)
+
     def sampled_sites(self) -> list[Site]:
         """The sampled sites (those with the smallest key hashes), in index order."""
         return [site for _, _, site in sorted(self.sample, key=lambda entry: entry[2].row)]
