@@ -96,7 +96,8 @@ def _without_op_determinism() -> None:
 
 
 def _remove_earlier_run(layout: ProjectLayout, emit) -> None:
-    """``--epoch 1``: the checkpoints, backup and log of an earlier run in this experiment are removed."""
+    """``--epoch 1``: the checkpoints, backup, log and curves of an earlier run in this experiment are removed
+    (the curves are redrawn only every CURVES_EVERY_SECONDS: an earlier run's must not stand beside this one's log)."""
     folder = layout.checkpoint_dir
     earlier = folder.glob("checkpoint_*.hdf5")
     backup = folder / "backup"
@@ -106,6 +107,7 @@ def _remove_earlier_run(layout: ProjectLayout, emit) -> None:
         path.remove()
     backup.remove(recursive=True)
     (layout.logs_dir / "log.csv").remove()
+    (layout.logs_dir / "training_curves.png").remove()
     (layout.logs_dir / "soft_labels").remove(recursive=True)
     emit(f"train: --epoch 1 starts over: removed {len(earlier)} checkpoint(s) and the backup of an earlier run "
          f"from {folder}")

@@ -57,8 +57,19 @@ def test_a_small_model_learns_the_synthetic_classes(tmp_path, monkeypatch, capsy
     data = synthetic_config(epochs=4)
     data["train"]["model"]["params"]["batch_size"] = 16
     drawn = count_curve_drawings(monkeypatch)
+    from dpcore import trainer
+
+    trainers, run = [], trainer.Trainer.run
+
+    def recording(self, *args, **kwargs):
+        trainers.append(self)
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(trainer.Trainer, "run", recording)
     code, text = train(synthetic, data)
     assert code == 0, text
+    # 120 validation crops in batches of 32 end in a batch of 24: the forward pass is still traced once.
+    assert trainers[0]._eval_step.experimental_get_tracing_count() == 1
     history = log(synthetic)
     assert list(history["epoch"]) == [1, 2, 3, 4]
     # Epochs of seconds: the picture is drawn once, at the end (its 0.4 s would be a tenth of the run).
@@ -332,7 +343,7 @@ def test_resume_with_epoch_continues_the_log(synthetic):
     assert checkpoints(synthetic) == [f"checkpoint_000{i}.hdf5" for i in range(1, 5)]
 
 
-def test_an_interrupted_run_continues_from_its_backup(synthetic):
+def test_an_interrupted_run_continues_from_its_backup(synthetic, monkeypatch):
     assert train(synthetic, synthetic_config(epochs=2))[0] == 0  # as if killed after epoch 2 of 4
     code, text = train(synthetic, synthetic_config(epochs=4))
     assert code == 0 and "continuing an interrupted run after epoch 2" in text
@@ -347,6 +358,17 @@ def test_an_interrupted_run_continues_from_its_backup(synthetic):
     assert code == 0 and "--epoch 1 starts over: removed 4 checkpoint(s) and the backup" in text, text
     assert "continuing" not in text and list(log(synthetic)["epoch"]) == [1]
     assert checkpoints(synthetic) == ["checkpoint_0001.hdf5"]
+    # Starting over again, killed in its first epoch: no picture of the earlier run is left beside no log.
+    from dpcore import trainer
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer.Trainer, "train_epoch", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(synthetic, synthetic_config(epochs=1), "--epoch", "1")
+    logs = synthetic / "outputs/results/logs"
+    assert not (logs / "log.csv").exists() and not (logs / "training_curves.png").exists()
 
 
 def test_seed_makes_a_cpu_run_repeatable(tmp_path):
