@@ -36,6 +36,8 @@ from dpcore.training_data import (ExportInfo, cells_per_epoch, numbered_records,
 
 logger = logging.getLogger(__name__)
 
+_NOT_BUILT = object()  # Trainer._validation_batches before the first validation (None: no cells to validate)
+
 # logs/training_curves.png is redrawn after an epoch only when this long has passed since the last drawing,
 # and always after the last epoch. Drawing the four panels costs ~0.4 s of CPU: nothing against an epoch of
 # minutes, but most of the bookkeeping of epochs that take seconds (small models, tests). log.csv, the
@@ -136,6 +138,15 @@ class Trainer:
         self._eval_step = tf.function(lambda images: self.model(images, training=False),
                                       input_signature=[tf.TensorSpec((None, *plan.input_shape), tf.float32)],
                                       jit_compile=acceleration.xla, autograph=False)
+        # A validation batch's sums in one call: as a dozen eager ops per batch they took longer than the
+        # small models' forward pass.
+        self._validation_step = tf.function(
+            self._validation_sums, autograph=False,
+            input_signature=[tf.TensorSpec((None, *plan.input_shape), tf.float32),
+                             tf.TensorSpec((None, plan.num_classes), tf.float32), tf.TensorSpec((None,), tf.int64)])
+        # Built at the first validation and iterated again at each: its functions (the balanced draw's scan
+        # among them) were traced again every epoch, most of a small model's validation time.
+        self._validation_batches = _NOT_BUILT
 
     # ------------------------------------------------------------- steps
     def _sums(self, probabilities, onehot, labels):
@@ -226,17 +237,22 @@ class Trainer:
         return sums
 
     def validate(self) -> EpochSums | None:
-        dataset = validation_dataset(self.info, self.data.validation_frame, self.data.validation_batch_size,
-                                     self.data.sample_first_crops, self.data.workers, balanced=self.plan.balanced,
-                                     seed=self.data.seed)
-        if dataset is None:
+        if self._validation_batches is _NOT_BUILT:
+            # The same crops at every validation: the frame's cells, or one balanced draw with a fixed seed.
+            self._validation_batches = validation_dataset(
+                self.info, self.data.validation_frame, self.data.validation_batch_size, self.data.sample_first_crops,
+                self.data.workers, balanced=self.plan.balanced, seed=self.data.seed)
+        if self._validation_batches is None:
             return None
         sums = EpochSums(self.plan.num_classes)
-        for images, onehot, labels in dataset:
-            probabilities = self._eval_step(images)
-            reduced = {k: v.numpy() for k, v in self._sums(probabilities, onehot, labels).items()}
-            reduced["loss"] = float(self.tf.reduce_sum(self.loss(onehot, probabilities)).numpy())
-            sums.add(reduced)
+        for images, onehot, labels in self._validation_batches:
+            sums.add({k: v.numpy() for k, v in self._validation_step(images, onehot, labels).items()})
+        return sums
+
+    def _validation_sums(self, images, onehot, labels):
+        probabilities = self._eval_step(images)
+        sums = self._sums(probabilities, onehot, labels)
+        sums["loss"] = self.tf.reduce_sum(self.loss(onehot, probabilities))
         return sums
 
     # ------------------------------------------------------ online labels

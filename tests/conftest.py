@@ -16,11 +16,11 @@ EXAMPLE = DATA / "bbbc022"
 
 
 # --- Longest first --------------------------------------------------------------------------------------
-# The suite runs on xdist workers (scripts/test.sh, --dist worksteal): each starts with a contiguous share
-# of the collection and, once idle, steals from the tail of another's queue. A long test collected late
-# (the demo: minutes) would run while the others have nothing left, so the modules with the longest tests
-# come first and the many quick unit tests last, where they fill the gaps. Whole modules move, never single
-# tests, so a module-scoped fixture is still set up once. Measured durations: README "Tests".
+# The suite runs on xdist workers (scripts/test.sh, --dist loadgroup): tests go out in collection order, a
+# few at a time, to whichever worker is free, so a long test collected late (the demo: minutes) would run
+# while the others have nothing left. The modules with the longest tests come first and the many quick unit
+# tests last, where they fill the gaps. Modules whose module fixture is costly (a server, a model) are one
+# xdist_group each, so that fixture is set up once. Measured durations: README "Tests".
 LONGEST_FIRST = ("test_readme.py", "test_train.py", "test_profile_pipeline.py", "test_buckets.py",
                  "test_portable_runner.py", "test_gallery.py", "test_prepare_pipeline.py", "test_export_pipeline.py",
                  "test_locate.py", "test_metadata.py", "test_cli.py", "test_config_keys.py", "test_transforms.py",

@@ -32,7 +32,8 @@ from dpcore import features, sc_export  # noqa: E402
 from dpcore.storage import StoragePath  # noqa: E402
 from tests.conftest import load_npz, run_cli  # noqa: E402
 
-pytestmark = pytest.mark.pipeline
+# One xdist worker runs the whole module: its storage emulator (a module fixture) starts once (scripts/test.sh).
+pytestmark = [pytest.mark.pipeline, pytest.mark.xdist_group("buckets")]
 BUCKET = "dpbeam-test"
 ROOT = f"gs://{BUCKET}/screen"
 

@@ -31,7 +31,8 @@ from tests.conftest import run_cli  # noqa: E402
 from tests.gallery_fixtures import (BATCH, GALLERY, PLATE, SITES, TREATMENTS, build_gallery,  # noqa: E402
                                     project_files)
 
-pytestmark = pytest.mark.pipeline
+# One xdist worker runs the whole module: its S3 server (a module fixture) starts once (scripts/test.sh).
+pytestmark = [pytest.mark.pipeline, pytest.mark.xdist_group("gallery")]
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,8 @@ from scripts import engines
 from tests.conftest import (EXAMPLE, assert_same_export, assert_same_features, assert_same_prepare,
                             cnn_profile_project, run_cli)
 
-pytestmark = pytest.mark.pipeline
+# One xdist worker runs the whole module: its job server and worker pool (a module fixture) starts once (scripts/test.sh).
+pytestmark = [pytest.mark.pipeline, pytest.mark.xdist_group("portable_runner")]
 COMMIT_TIMEOUT_S = 240
 
 

@@ -24,6 +24,10 @@ from tests.conftest import check_report, run_cli, write_config, write_synthetic_
 PROFILES = "outputs/results/profiles"
 STRATA = ["Metadata_Plate", "Metadata_Well"]
 
+# One xdist worker runs the whole module: its aggregated synthetic screen (a module fixture) is
+# built once (scripts/test.sh).
+pytestmark = pytest.mark.xdist_group("profiles")
+
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> tuple[Path, str]:
