@@ -82,8 +82,9 @@ def local_parallelism(beam_args: Sequence[str], cores: int = 0, threads: bool = 
     TensorFlow in profile), so threads of one process overlap: on 2 cores prepare went from ~3.1 to
     ~5 sites/s, export-sc from ~235 to ~337 cells/s and profile from ~120 to ~170 cells/s (threads, unlike
     worker processes, import nothing again). They cost more runner start-up than the single in-process
-    worker, 0.6-2 s of CPU per run (more stages' bundles, set-ups and gRPC exchange), hence ``sites``. ``cores`` (``--cores``, 0 = all) sets the number of threads. Users' own
-    --runner/--direct_* choices always win.
+    worker, 0.6-2 s of CPU per run (more stages' bundles, set-ups and gRPC exchange), hence ``sites``.
+    ``cores`` (``--cores``, 0 = all) sets the number of threads. Users' own --runner/--direct_* choices
+    always win.
 
     ``sites``, when the command knows how many sites it will process: fewer than FEW_SITES_PER_THREAD per
     thread get one in-process worker (Beam's in_memory mode), which finishes a handful of sites sooner.

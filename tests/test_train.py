@@ -66,10 +66,20 @@ def test_a_small_model_learns_the_synthetic_classes(tmp_path, monkeypatch, capsy
         return run(self, *args, **kwargs)
 
     monkeypatch.setattr(trainer.Trainer, "run", recording)
+    built, validation_dataset = [], trainer.validation_dataset
+
+    def counting(*args, **kwargs):
+        built.append(args)
+        return validation_dataset(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "validation_dataset", counting)
     code, text = train(synthetic, data)
     assert code == 0, text
-    # 120 validation crops in batches of 32 end in a batch of 24: the forward pass is still traced once.
+    # 120 validation crops in batches of 32 end in a batch of 24: the forward pass is still traced once, and
+    # so is the step that sums a batch's metrics; the validation input is built once for the 4 validations.
     assert trainers[0]._eval_step.experimental_get_tracing_count() == 1
+    assert trainers[0]._validation_step.experimental_get_tracing_count() == 1
+    assert len(built) == 1, built
     history = log(synthetic)
     assert list(history["epoch"]) == [1, 2, 3, 4]
     # Epochs of seconds: the picture is drawn once, at the end (its 0.4 s would be a tenth of the run).
