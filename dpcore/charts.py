@@ -10,7 +10,6 @@ that never draw do not pay for it.
 
 from __future__ import annotations
 
-import io
 import textwrap
 from typing import Sequence
 
@@ -36,10 +35,19 @@ def _figure(width_in: float, height_in: float):
 
 
 def _png(figure) -> bytes:
-    buffer = io.BytesIO()
-    # zlib level 3 as for prepare's PNGs (dpcore.images): level 6 took most of a picture's time.
-    figure.savefig(buffer, format="png", pil_kwargs={"compress_level": 3})
-    return buffer.getvalue()
+    """The figure drawn by Agg and encoded by prepare's PNG writer (``dpcore.images.encode_png``).
+
+    Pillow's encoder (through ``savefig``) took ~35 ms of a 700x600 illumination picture, ours ~5 ms, for a
+    file of about the same size; prepare draws five pictures per plate. The figure's background is opaque,
+    so the alpha channel is dropped.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
+
+    from dpcore.images import encode_png  # noqa: PLC0415
+
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return encode_png(np.asarray(canvas.buffer_rgba())[:, :, :3])
 
 
 def _metrics_logged(rows: Sequence[dict]) -> list[str]:

@@ -537,7 +537,9 @@ def _read_prepare(r: _Reader) -> PrepareConfig:
     ic = r.section("illumination_correction")
     illumination = IlluminationConfig(
         down_scale_factor=ic.value("down_scale_factor", _number(minimum=1.0), "a number >= 1", 4.0),
-        median_filter_size=ic.value("median_filter_size", _integer(minimum=1), "a positive integer", 24),
+        # The disk's diameter: below 2 the disk (radius size/2) is empty and the filter has nothing to rank.
+        median_filter_size=ic.value("median_filter_size", _integer(minimum=2),
+                                    "an integer >= 2 (the disk's diameter in pixels)", 24),
         functions=ic.value("functions", _choice(ILLUMINATION_FUNCTIONS), _one_of(ILLUMINATION_FUNCTIONS),
                            "deepprofiler"),
     )

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import skimage.filters
+import skimage.filters.rank
 import skimage.morphology
 import skimage.transform
 
@@ -39,6 +40,11 @@ ROBUST_MINIMUM_PERCENTILE = 2
 # mean and the function is blotchy (the 12-site example shows it). Plates of a screen have hundreds to
 # thousands of images per channel; below this many, prepare warns in its output, its log and the pictures.
 MIN_IMAGES_FOR_A_SMOOTH_FUNCTION = 50
+# Below this many grey levels the median filter keeps a running histogram of the disk (scikit-image's rank
+# filter), which costs little per level; above it scipy's per-pixel selection is as fast or faster (a
+# 130x174 mean image, disk of radius 12: 20 ms against 120 ms at ~600 levels, even at ~5,000, 3x slower at
+# ~11,000). Both give the same values; 1024 is also where scikit-image starts warning about slow rank filters.
+RANK_MEDIAN_MAX_LEVELS = 1024
 
 
 def few_images_warning(plate: str, images: int) -> str | None:
@@ -236,6 +242,26 @@ def score_at_percentile(values: np.ndarray, percent: float) -> float:
     return float(np.add.reduce(ordered[below:below + 2] * weights) / weights.sum())
 
 
+def median_filter(image: np.ndarray, footprint: np.ndarray) -> np.ndarray:
+    """``skimage.filters.median(image, footprint)`` (scipy's median filter, edges extended), value for value.
+
+    A mean image has few grey levels (a few hundred for 12-bit Cell Painting), and for those a running
+    histogram (scikit-image's rank median) is ~6x faster than selecting each pixel's median afresh; it was
+    a fifth of a small plate's prepare time. The rank filter only looks inside the image, so the image is
+    first extended by the footprint's radius with its edge values, as scipy does ("nearest"), and the
+    extension cut off again: every pixel's neighbourhood, and so its median, is then scipy's. A disk has an
+    odd number of pixels, so "the median" is one element in both.
+    """
+    footprint = np.asarray(footprint, dtype=bool)
+    odd = footprint.ndim == 2 and all(size % 2 == 1 for size in footprint.shape) and footprint.sum() % 2 == 1
+    if image.dtype != np.uint16 or not odd or image.size == 0 or int(image.max()) >= RANK_MEDIAN_MAX_LEVELS:
+        return skimage.filters.median(image, footprint)
+    rows, columns = footprint.shape[0] // 2, footprint.shape[1] // 2
+    extended = np.pad(image, ((rows, rows), (columns, columns)), mode="edge")
+    filtered = skimage.filters.rank.median(extended, footprint)
+    return filtered[rows:rows + image.shape[0], columns:columns + image.shape[1]]
+
+
 def illumination_function(mean_channel: np.ndarray, median_filter_size: int,
                           target_shape: tuple[int, int]) -> np.ndarray:
     """One channel's correction function (Singh et al. 2014, as in DeepProfiler).
@@ -245,7 +271,7 @@ def illumination_function(mean_channel: np.ndarray, median_filter_size: int,
     clipped below at its 2nd percentile and divided by it, so it is >= 1.
     """
     disk = skimage.morphology.disk(median_filter_size / 2)
-    filtered = skimage.filters.median(mean_channel.astype(np.uint16), disk)
+    filtered = median_filter(mean_channel.astype(np.uint16), disk)
     filtered = skimage.transform.resize(filtered, target_shape, mode="reflect", anti_aliasing=True,
                                         preserve_range=True)
     robust_minimum = score_at_percentile(filtered, ROBUST_MINIMUM_PERCENTILE)

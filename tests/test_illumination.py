@@ -267,3 +267,30 @@ def test_the_robust_minimum_is_scipys_scoreatpercentile_bit_for_bit():
                     (size, dtype, percent)
     image = rng.random((52, 69)) * 1000  # 2-D, as the filtered mean image
     assert score_at_percentile(image, 2) == scipy.stats.scoreatpercentile(image, 2)
+
+
+def test_the_median_filter_is_scipys_value_for_value_on_both_paths(real_reference):
+    """The function's median filter takes a running-histogram path below RANK_MEDIAN_MAX_LEVELS grey levels
+    and scipy's selection above; both must equal ``scipy.ndimage.median_filter`` with DeepProfiler's
+    disk and extended edges, on the real mean image and on images smaller than the disk."""
+    import scipy.ndimage
+    import skimage.morphology
+
+    from dpcore.illumination import RANK_MEDIAN_MAX_LEVELS, median_filter
+
+    def scipys(image, footprint):
+        return scipy.ndimage.median_filter(image, footprint=footprint, mode="nearest")
+
+    real = real_reference["mean_image"].astype(np.uint16)
+    assert real.max() < RANK_MEDIAN_MAX_LEVELS  # the real plate takes the fast path
+    rng = np.random.default_rng(11)
+    images = [real[:, :, c] for c in range(real.shape[2])]
+    for levels in (2, 300, RANK_MEDIAN_MAX_LEVELS - 1, RANK_MEDIAN_MAX_LEVELS, 4096, 65536):
+        for shape in ((1, 1), (3, 40), (37, 45), (130, 174)):
+            images.append(rng.integers(0, levels, shape).astype(np.uint16))
+    images.append(np.full((20, 30), 7, dtype=np.uint16))
+    for image in images:
+        for radius in (1, 1.5, 3, 12):  # median_filter_size 2 (the least the config takes) to 24
+            footprint = skimage.morphology.disk(radius)
+            np.testing.assert_array_equal(median_filter(image, footprint), scipys(image, footprint),
+                                          err_msg=f"{image.shape} max {image.max()} radius {radius}")

@@ -43,7 +43,16 @@ def test_a_real_channel_is_as_small_as_pillows_png():
     np.testing.assert_array_equal(pillow_reads(encode_png(channel)), channel)  # the 16-bit original too
 
 
-@pytest.mark.parametrize("bad", [np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2), np.float32), np.zeros((0, 4), np.uint8)])
-def test_only_2d_integer_images_are_encoded(bad):
+@pytest.mark.parametrize("shape", [(613, 700), (1, 1), (2, 9)])
+def test_pillow_decodes_the_rgb_we_write(shape):
+    values = np.random.default_rng(sum(shape)).integers(0, 255, (*shape, 3), endpoint=True, dtype=np.uint8)
+    decoded = pillow_reads(encode_png(values))
+    assert decoded.shape == (*shape, 3)
+    np.testing.assert_array_equal(decoded, values)
+
+
+@pytest.mark.parametrize("bad", [np.zeros((2, 2, 4), np.uint8), np.zeros((2, 2, 3), np.uint16),
+                                 np.zeros((2, 2), np.float32), np.zeros((0, 4), np.uint8), np.zeros((0, 4, 3), np.uint8)])
+def test_only_2d_integer_images_and_8_bit_rgb_are_encoded(bad):
     with pytest.raises(ValueError, match="2-D uint8/uint16"):
         encode_png(bad)
