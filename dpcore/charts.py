@@ -37,9 +37,9 @@ def _figure(width_in: float, height_in: float):
 def _png(figure) -> bytes:
     """The figure drawn by Agg and encoded by prepare's PNG writer (``dpcore.images.encode_png``).
 
-    Pillow's encoder (through ``savefig``) took ~35 ms of a 700x600 illumination picture, ours ~5 ms, for a
-    file of about the same size; prepare draws five pictures per plate. The figure's background is opaque,
-    so the alpha channel is dropped.
+    Pillow's encoder takes ~28 ms of a 700x613 illumination picture, ours ~2 ms for a file ~9% larger; with
+    ``savefig``'s own steps gone too, prepare's five pictures per plate took 0.8-0.9 s instead of 1.1-1.2 s
+    (2026-12-02). The figure's background is opaque, so the alpha channel is dropped.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
 
