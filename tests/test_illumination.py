@@ -292,5 +292,7 @@ def test_the_median_filter_is_scipys_value_for_value_on_both_paths(real_referenc
     for image in images:
         for radius in (1, 1.5, 3, 12):  # median_filter_size 2 (the least the config takes) to 24
             footprint = skimage.morphology.disk(radius)
-            np.testing.assert_array_equal(median_filter(image, footprint), scipys(image, footprint),
+            filtered = median_filter(image, footprint)
+            assert filtered.dtype == np.uint16  # as scipy's: the resize that follows sees the same input
+            np.testing.assert_array_equal(filtered, scipys(image, footprint),
                                           err_msg=f"{image.shape} max {image.max()} radius {radius}")
