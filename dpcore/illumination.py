@@ -249,8 +249,10 @@ def median_filter(image: np.ndarray, footprint: np.ndarray) -> np.ndarray:
     histogram (scikit-image's rank median) is ~6x faster than selecting each pixel's median afresh; it was
     a fifth of a small plate's prepare time. The rank filter only looks inside the image, so the image is
     first extended by the footprint's radius with its edge values, as scipy does ("nearest"), and the
-    extension cut off again: every pixel's neighbourhood, and so its median, is then scipy's. A disk has an
-    odd number of pixels, so "the median" is one element in both.
+    extension cut off again: every pixel's neighbourhood, and so its median, is then scipy's. Only footprints
+    with odd sides (a centre pixel) and an odd number of pixels (one middle element) take that path: the
+    disks of an even ``median_filter_size`` (24: 25x25); an odd size gives a disk with even sides (3: 4x4),
+    which scipy filters.
     """
     footprint = np.asarray(footprint, dtype=bool)
     odd = footprint.ndim == 2 and all(size % 2 == 1 for size in footprint.shape) and footprint.sum() % 2 == 1

@@ -269,30 +269,46 @@ def test_the_robust_minimum_is_scipys_scoreatpercentile_bit_for_bit():
     assert score_at_percentile(image, 2) == scipy.stats.scoreatpercentile(image, 2)
 
 
-def test_the_median_filter_is_scipys_value_for_value_on_both_paths(real_reference):
+def test_the_median_filter_is_scipys_value_for_value_on_both_paths(real_reference, monkeypatch):
     """The function's median filter takes a running-histogram path below RANK_MEDIAN_MAX_LEVELS grey levels
-    and scipy's selection above; both must equal ``scipy.ndimage.median_filter`` with DeepProfiler's
-    disk and extended edges, on the real mean image and on images smaller than the disk."""
+    and scipy's selection above (and for footprints without one middle element); both must equal
+    ``scipy.ndimage.median_filter`` with DeepProfiler's disk and extended edges, on the real mean image and
+    on images smaller than the disk. The real plate must take the fast path: it is the point of it."""
     import scipy.ndimage
+    import skimage.filters
     import skimage.morphology
 
     from dpcore.illumination import RANK_MEDIAN_MAX_LEVELS, median_filter
+
+    selections = []  # images that went to scikit-image's median (scipy's selection)
+    selection = skimage.filters.median
+    monkeypatch.setattr(skimage.filters, "median", lambda image, footprint: selections.append(image) or
+                        selection(image, footprint))
 
     def scipys(image, footprint):
         return scipy.ndimage.median_filter(image, footprint=footprint, mode="nearest")
 
     real = real_reference["mean_image"].astype(np.uint16)
-    assert real.max() < RANK_MEDIAN_MAX_LEVELS  # the real plate takes the fast path
     rng = np.random.default_rng(11)
     images = [real[:, :, c] for c in range(real.shape[2])]
     for levels in (2, 300, RANK_MEDIAN_MAX_LEVELS - 1, RANK_MEDIAN_MAX_LEVELS, 4096, 65536):
         for shape in ((1, 1), (3, 40), (37, 45), (130, 174)):
             images.append(rng.integers(0, levels, shape).astype(np.uint16))
     images.append(np.full((20, 30), 7, dtype=np.uint16))
+    images.append(np.full((20, 30), RANK_MEDIAN_MAX_LEVELS, dtype=np.uint16))  # the first level scipy takes
+    corner_less = np.ones((3, 3), dtype=bool)
+    corner_less[0, 0] = False  # odd sides, 8 pixels: no single middle element
+    footprints = [(f"disk {radius}", skimage.morphology.disk(radius)) for radius in (1, 1.5, 3, 12)]
+    footprints += [("2x2", np.ones((2, 2), dtype=bool)), ("3x3 less a corner", corner_less)]
     for image in images:
-        for radius in (1, 1.5, 3, 12):  # median_filter_size 2 (the least the config takes) to 24
-            footprint = skimage.morphology.disk(radius)
+        for name, footprint in footprints:
+            selections.clear()
             filtered = median_filter(image, footprint)
             assert filtered.dtype == np.uint16  # as scipy's: the resize that follows sees the same input
             np.testing.assert_array_equal(filtered, scipys(image, footprint),
-                                          err_msg=f"{image.shape} max {image.max()} radius {radius}")
+                                          err_msg=f"{image.shape} max {image.max()} {name}")
+            # One middle element and a centre pixel (odd sides: disks of radius 1, 3, 12; radius 1.5 is 4x4).
+            middle = footprint.shape[0] % 2 == footprint.shape[1] % 2 == footprint.sum() % 2 == 1
+            fast = middle and int(image.max()) < RANK_MEDIAN_MAX_LEVELS
+            assert (not selections) == fast, f"{image.shape} max {image.max()} {name}: fast path {not selections}"
+    assert real.max() < RANK_MEDIAN_MAX_LEVELS  # the real plate's five channels took the fast path above
