@@ -19,6 +19,11 @@ def read_stack(paths) -> np.ndarray:
     return np.stack([tifffile.imread(p) for p in paths], axis=-1).astype(np.float64)
 
 
+def median_filter(image: np.ndarray, footprint: np.ndarray) -> np.ndarray:
+    """DeepProfiler's median filter (scikit-image's, i.e. scipy's with edges extended), straight from scipy."""
+    return scipy.ndimage.median_filter(image, footprint=footprint, mode="nearest")
+
+
 def plate_statistics(stacks: list[np.ndarray], bits: int, down_scale_factor: float, median_filter_size: int) -> dict:
     depth = 2 ** bits
     channels = stacks[0].shape[-1]
@@ -39,8 +44,7 @@ def plate_statistics(stacks: list[np.ndarray], bits: int, down_scale_factor: flo
     footprint = skimage.morphology.disk(median_filter_size / 2)
     functions = []
     for c in range(channels):
-        filtered = scipy.ndimage.median_filter(mean_image[:, :, c].astype(np.uint16), footprint=footprint,
-                                               mode="nearest")
+        filtered = median_filter(mean_image[:, :, c].astype(np.uint16), footprint)
         full = skimage.transform.resize(filtered, stacks[0].shape[:2], mode="reflect", anti_aliasing=True,
                                         preserve_range=True)
         robust_minimum = np.percentile(full, 2)
