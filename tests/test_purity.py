@@ -56,3 +56,35 @@ def test_no_test_skips_itself():
                 if any(word in line for word in ("importorskip(", "pytest.skip(", "mark.skipif(", "mark.skip("))
                 and path.name != "test_purity.py"]
     assert skipping == []
+
+
+def test_loading_tensorflow_leaves_out_keras_unused_extras_and_keeps_them_importable():
+    """load_tensorflow keeps scikit-learn and matplotlib.pyplot (Keras 3's optional extras, ~1.4 CPU-s of
+    the import) out, Keras still builds and runs a model and loads a checkpoint's model module, and both
+    libraries import normally afterwards (evaluate and the charts need them)."""
+    code = ("import sys\n"
+            "from dpcore.tensorflow_runtime import load_tensorflow\n"
+            "tf = load_tensorflow()\n"
+            "import keras\n"
+            "import dpcore.models\n"
+            "model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])\n"
+            "out = model.predict_on_batch(tf.ones((4, 3)))\n"
+            "print(sorted(m for m in ('sklearn', 'matplotlib.pyplot') if m in sys.modules), out.shape)\n"
+            "import sklearn.base, matplotlib.pyplot\n"
+            "print(sklearn.base.BaseEstimator.__module__, matplotlib.pyplot.__name__)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split("\n")[:2] == ["[] (4, 2)", "sklearn.base matplotlib.pyplot"], result.stdout
+
+
+def test_loading_tensorflow_keeps_extras_loaded_before_it():
+    """A program that loaded scikit-learn before TensorFlow keeps its module (nothing is taken out)."""
+    code = ("import sys, sklearn\n"
+            "before = sys.modules['sklearn']\n"
+            "from dpcore.tensorflow_runtime import load_tensorflow\n"
+            "load_tensorflow()\n"
+            "import keras.src.wrappers.fixes as fixes\n"
+            "print(sys.modules['sklearn'] is before, fixes.sklearn is before)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "True True"
