@@ -72,9 +72,8 @@ def test_loading_tensorflow_leaves_out_keras_unused_extras_and_keeps_them_import
             "print(sorted(m for m in ('sklearn', 'matplotlib.pyplot') if m in sys.modules), out.shape)\n"
             "import sklearn.base, matplotlib.pyplot\n"
             "print(sklearn.base.BaseEstimator.__module__, matplotlib.pyplot.__name__)\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split("\n")[:2] == ["[] (4, 2)", "sklearn.base matplotlib.pyplot"], result.stdout
+    output = python_output(code)
+    assert output.split("\n")[:2] == ["[] (4, 2)", "sklearn.base matplotlib.pyplot"], output
 
 
 def test_loading_tensorflow_keeps_extras_loaded_before_it():
@@ -85,6 +84,11 @@ def test_loading_tensorflow_keeps_extras_loaded_before_it():
             "load_tensorflow()\n"
             "import keras.src.wrappers.fixes as fixes\n"
             "print(sys.modules['sklearn'] is before, fixes.sklearn is before)\n")
+    assert python_output(code).strip() == "True True"
+
+
+def python_output(code: str) -> str:
+    """What ``code`` prints, run in a fresh interpreter (which must exit 0)."""
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip() == "True True"
+    return result.stdout
