@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import skimage.filters
-import skimage.filters.rank
-import skimage.morphology
 import skimage.transform
 
 logger = logging.getLogger(__name__)
@@ -254,6 +252,10 @@ def median_filter(image: np.ndarray, footprint: np.ndarray) -> np.ndarray:
     disks of an even ``median_filter_size`` (24: 25x25); an odd size gives a disk with even sides (3: 4x4),
     which scipy filters.
     """
+    # Imported here, not with the module: skimage.filters.rank loads scipy.ndimage's array-API layer (~0.6 s),
+    # which only the workers that compute a plate's functions need, not every prepare and locate process.
+    import skimage.filters.rank  # noqa: PLC0415
+
     footprint = np.asarray(footprint, dtype=bool)
     odd = footprint.ndim == 2 and all(size % 2 == 1 for size in footprint.shape) and footprint.sum() % 2 == 1
     if image.dtype != np.uint16 or not odd or image.size == 0 or int(image.max()) >= RANK_MEDIAN_MAX_LEVELS:
@@ -272,6 +274,8 @@ def illumination_function(mean_channel: np.ndarray, median_filter_size: int,
     with a disk of radius ``median_filter_size / 2``, resized to full size,
     clipped below at its 2nd percentile and divided by it, so it is >= 1.
     """
+    import skimage.morphology  # noqa: PLC0415 -- with skimage.filters.rank (see median_filter), ~0.2 s
+
     disk = skimage.morphology.disk(median_filter_size / 2)
     filtered = median_filter(mean_channel.astype(np.uint16), disk)
     filtered = skimage.transform.resize(filtered, target_shape, mode="reflect", anti_aliasing=True,
