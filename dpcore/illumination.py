@@ -252,17 +252,17 @@ def median_filter(image: np.ndarray, footprint: np.ndarray) -> np.ndarray:
     disks of an even ``median_filter_size`` (24: 25x25); an odd size gives a disk with even sides (3: 4x4),
     which scipy filters.
     """
-    # Imported here, not with the module: skimage.filters.rank loads scipy.ndimage's array-API layer (~0.6 s),
-    # which only the workers that compute a plate's functions need, not every prepare and locate process.
-    import skimage.filters.rank  # noqa: PLC0415
-
     footprint = np.asarray(footprint, dtype=bool)
     odd = footprint.ndim == 2 and all(size % 2 == 1 for size in footprint.shape) and footprint.sum() % 2 == 1
     if image.dtype != np.uint16 or not odd or image.size == 0 or int(image.max()) >= RANK_MEDIAN_MAX_LEVELS:
         return skimage.filters.median(image, footprint)
+    # Imported here, not with the module: skimage.filters.rank loads scipy.ndimage's array-API layer (~0.6 s),
+    # which only the workers that compute a plate's functions need, not every prepare and locate process.
+    from skimage.filters import rank  # noqa: PLC0415
+
     rows, columns = footprint.shape[0] // 2, footprint.shape[1] // 2
     extended = np.pad(image, ((rows, rows), (columns, columns)), mode="edge")
-    filtered = skimage.filters.rank.median(extended, footprint)
+    filtered = rank.median(extended, footprint)
     return filtered[rows:rows + image.shape[0], columns:columns + image.shape[1]]
 
 

@@ -75,12 +75,9 @@ def load_tensorflow() -> ModuleType:
     ``TF_CPP_MIN_LOG_LEVEL=3``; returns the module."""
     with _import_lock:
         if "tensorflow" not in sys.modules:
-            with _keras_extras_held_back():
-                if quiet_requested():
-                    with _standard_error_silenced():
-                        importlib.import_module("tensorflow")
-                else:
-                    importlib.import_module("tensorflow")
+            quiet = _standard_error_silenced() if quiet_requested() else contextlib.nullcontext()
+            with _keras_extras_held_back(), quiet:
+                importlib.import_module("tensorflow")
     return importlib.import_module("tensorflow")
 
 

@@ -16,23 +16,21 @@ def test_importing_every_dpcore_module_loads_no_beam_or_tensorflow():
             f"for name in {pure!r}: importlib.import_module(name)\n"
             "bad = [m for m in ('apache_beam', 'tensorflow', 'keras') if m in sys.modules]\n"
             "print(','.join(bad))\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "", f"dpcore imported {result.stdout.strip()}"
+    output = python_output(code).strip()
+    assert output == "", f"dpcore imported {output}"
 
 
 def test_no_dpcore_module_imports_beam_at_all():
     code = ("import importlib, pkgutil, sys, dpcore\n"
             "for m in pkgutil.iter_modules(dpcore.__path__): importlib.import_module('dpcore.' + m.name)\n"
             "print('apache_beam' in sys.modules)\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "False"
+    assert python_output(code).strip() == "False"
 
 
 def test_cli_help_does_not_load_tensorflow():
     code = ("import sys\nfrom beam_pipelines.cli import build_parser\nbuild_parser()\n"
             "print('tensorflow' in sys.modules, 'apache_beam' in sys.modules)\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "False False"
+    assert python_output(code).strip() == "False False"
 
 
 # Modules that exist to hold TensorFlow code (the model zoo, the trainer, profile's crops). They are
@@ -43,8 +41,7 @@ PURE_EXCEPTIONS: set[str] = {"dpcore.models", "dpcore.trainer", "dpcore.tf_crops
 
 def test_import_dpcore_alone_loads_nothing_heavy():
     code = "import sys, dpcore\nprint([m for m in ('apache_beam', 'tensorflow', 'keras') if m in sys.modules])\n"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "[]"
+    assert python_output(code).strip() == "[]"
 
 
 def test_no_test_skips_itself():
