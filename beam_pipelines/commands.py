@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from dpcore.acceleration import PRECISIONS
+from dpcore.inference_engines import ENGINES
 from dpcore.example import EXAMPLE_CONFIG, write_example_project
 from dpcore.split import split_index
 from dpcore.validate import validate_project
@@ -381,6 +382,9 @@ def _profile_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Beam resource hint for the inference step only, e.g. on Dataflow "
                              "'type:nvidia-tesla-t4;count:1;install-nvidia-driver'")
     _acceleration_arguments(parser, "profile.batch_size")
+    parser.add_argument("--inference-engine", choices=ENGINES, default="auto",
+                        help="what runs the network: auto (default: OpenVINO on a worker without a GPU, for "
+                             "float32 without --xla; else TensorFlow), tensorflow, or openvino (CPU only)")
     _detach_argument(parser)
     _dry_run_argument(parser)
 

@@ -40,6 +40,7 @@ from dpcore import features
 from dpcore.checkpoints import CheckpointError, file_sha256
 from dpcore.config import Config, ConfigError
 from dpcore.images import ImageReadError
+from dpcore.inference_engines import CpuShare, EngineError, check_engine
 from dpcore.layout import ProjectLayout, UnsafePathError
 from dpcore.locations import LocationsError, LocationsMissing
 from dpcore.locking import output_lock
@@ -70,21 +71,25 @@ class FeatureModelHandler(ModelHandler[np.ndarray, np.ndarray, Any]):
 
     Our own handler rather than Beam's ``TFModelHandlerNumpy``: the model is
     built from the zoo and weights are loaded by layer name (DeepProfiler's
-    checkpoints), and inference runs compiled (Beam's default runs eagerly,
-    2.5-4x slower).
+    checkpoints), and inference runs compiled, on OpenVINO or TensorFlow
+    (``dpcore.inference_engines``; Beam's default runs eagerly, 2.5-4x slower).
+    Beam loads the model once per worker process and its threads share it.
     """
 
-    def __init__(self, spec: FeatureModelSpec, batch_size: int):
+    def __init__(self, spec: FeatureModelSpec, batch_size: int, engine: str = "auto",
+                 cpu_share: CpuShare = CpuShare()):
         super().__init__()
         self.spec = spec
         self.batch_size = batch_size
+        self.engine = engine
+        self.cpu_share = cpu_share
 
     def load_model(self):
-        from dpcore.models import predict_function  # noqa: PLC0415 -- TF loads on workers only
+        from dpcore.inference_engines import predictor  # noqa: PLC0415 -- TF loads on workers only
         # A worker in the launcher's own process (the local DirectRunner's threads) reuses the model the
         # launcher built to check the config: one build less (~3-5 s of start-up for EfficientNet-B0).
         model = _CHECKED_MODELS.get(self.spec) or self.spec.build()
-        return predict_function(model, self.batch_size, xla=self.spec.acceleration.xla)
+        return predictor(model, self.batch_size, self.engine, self.spec.acceleration, self.cpu_share)
 
     def run_inference(self, batch: Sequence[np.ndarray], model, inference_args=None) -> Iterable[np.ndarray]:
         vectors = model(np.stack(batch))
@@ -264,8 +269,10 @@ class ProfileSites(beam.PTransform):
     # A Beam resource hint for the inference step only, e.g. on Dataflow
     # "type:nvidia-tesla-t4;count:1;install-nvidia-driver": reading and cropping stay on CPU workers.
     accelerator: str | None = None
-    # Crops -> vectors; FeatureModelHandler(spec, batch_size) unless a test passes a fake one.
+    # Crops -> vectors; FeatureModelHandler(spec, batch_size, engine, cpu_share) unless a test passes a fake one.
     model_handler: ModelHandler | None = None
+    engine: str = "auto"  # dpcore.inference_engines.ENGINES
+    cpu_share: CpuShare = CpuShare()  # OpenVINO's threads and streams per worker process
 
     def __post_init__(self):
         super().__init__()
@@ -284,7 +291,8 @@ class ProfileSites(beam.PTransform):
             | "SpreadSites" >> beam.Reshuffle()
             | "CutCells" >> beam.ParDo(CutCells(self.source)).with_outputs("failed", "sites", main="crops")
         )
-        handler = KeyedModelHandler(self.model_handler or FeatureModelHandler(self.spec, self.batch_size))
+        handler = KeyedModelHandler(self.model_handler or FeatureModelHandler(
+            self.spec, self.batch_size, self.engine, self.cpu_share))
         inference = RunInference(handler).with_exception_handling()
         if self.accelerator:
             inference = inference.with_resource_hints(accelerator=self.accelerator)
@@ -373,10 +381,12 @@ def build_spec(layout: ProjectLayout, config: Config, pretrained: str | None,
 
 
 def build(pipeline: beam.Pipeline, source: CellSource, spec: FeatureModelSpec, batch_size: int,
-          index_path: StoragePath, overwrite: bool, description: dict, accelerator: str | None = None) -> None:
+          index_path: StoragePath, overwrite: bool, description: dict, accelerator: str | None = None,
+          engine: str = "auto", cpu_share: CpuShare = CpuShare()) -> None:
     _ = pipeline | "Profile" >> ProfileSites(
         source, spec, batch_size, str(index_path), overwrite,
-        features.failures_file(source.layout.features_dir, index_path), description, accelerator)
+        features.failures_file(source.layout.features_dir, index_path), description, accelerator,
+        engine=engine, cpu_share=cpu_share)
 
 
 def local_model_callers(beam_args: tuple[str, ...]) -> int:
@@ -389,6 +399,17 @@ def local_model_callers(beam_args: tuple[str, ...]) -> int:
     if "DirectRunner" not in str(runner):
         return 1
     return max(1, options.view_as(DirectOptions).direct_num_workers or 1)
+
+
+def local_cpu_share(beam_args: tuple[str, ...], threads_per_call: int | None) -> CpuShare:
+    """OpenVINO's share of a worker process (``dpcore.inference_engines``): local worker threads each get a
+    stream of the process's cores; local worker processes one stream of their part of the machine's."""
+    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions  # noqa: PLC0415
+
+    callers = local_model_callers(beam_args)
+    if PipelineOptions(list(beam_args)).view_as(DirectOptions).direct_running_mode == "multi_processing":
+        return CpuShare(threads=threads_per_call if callers > 1 else None)
+    return CpuShare(streams=callers)
 
 
 def describe(spec: FeatureModelSpec, dimension: int, config: Config) -> dict:
@@ -427,13 +448,18 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     with cores_shared(local_model_callers(beam_args)) as per_call:
         if per_call:
             logger.info("local workers call the model with %d TensorFlow thread(s) each", per_call)
-        return _profile(config, layout, beam_args, args, emit, scan)
+        return _profile(config, layout, beam_args, args, emit, scan, local_cpu_share(beam_args, per_call))
 
 
 def _profile(config: Config, layout: ProjectLayout, beam_args: tuple[str, ...], args: argparse.Namespace,
-             emit, scan) -> int:
+             emit, scan, cpu_share: CpuShare) -> int:
     source = replace(CellSource.from_config(layout, config), crop_engine="tensorflow")
     batch_size, acceleration = acceleration_options(args, config.profile.batch_size, "profile.batch_size")
+    engine = getattr(args, "inference_engine", "auto")
+    try:
+        check_engine(engine, acceleration)
+    except EngineError as error:
+        raise UsageError(str(error)) from error
     spec = replace(build_spec(layout, config, args.pretrained_weights), acceleration=acceleration)
     try:
         probe = spec.build()  # fail before the pipeline: unknown layer, wrong checkpoint, missing weights
@@ -442,13 +468,15 @@ def _profile(config: Config, layout: ProjectLayout, beam_args: tuple[str, ...], 
     dimension = int(probe.output.shape[-1])
     _CHECKED_MODELS[spec] = probe
     try:
-        return _run_job(config, layout, beam_args, args, emit, spec, scan, source, dimension, batch_size)
+        return _run_job(config, layout, beam_args, args, emit, spec, scan, source, dimension, batch_size,
+                        engine, cpu_share)
     finally:
         _CHECKED_MODELS.pop(spec, None)
 
 
 def _run_job(config: Config, layout: ProjectLayout, beam_args: tuple[str, ...], args: argparse.Namespace, emit,
-             spec: FeatureModelSpec, scan, source: CellSource, dimension: int, batch_size: int) -> int:
+             spec: FeatureModelSpec, scan, source: CellSource, dimension: int, batch_size: int, engine: str,
+             cpu_share: CpuShare) -> int:
     index_path = layout.index_file
     description = describe(spec, dimension, config)
     existing = features.read_manifest(layout.features_dir)
@@ -460,10 +488,12 @@ def _run_job(config: Config, layout: ProjectLayout, beam_args: tuple[str, ...], 
     emit(f"profile: {scan.sites} site(s) in {len(scan.plates)} plate(s) from {index_path}"
          f"{'' if args.overwrite else ' (committed sites are skipped)'}; model {spec.model_name} "
          f"(conv_blocks {spec.conv_blocks}), layer {spec.feature_layer} -> {dimension} features per cell; "
-         f"batch {batch_size}, {spec.acceleration.describe()}")
+         f"batch {batch_size}, {spec.acceleration.describe()}, engine {engine}"
+         f"{' (OpenVINO on CPUs, TensorFlow on GPUs)' if engine == 'auto' else ''}")
     record_file = features.run_record_file(layout.features_dir, index_path)
     build_profile = (lambda pipeline: build(pipeline, source, spec, batch_size, index_path,
-                                            args.overwrite, description, args.inference_accelerator))
+                                            args.overwrite, description, args.inference_accelerator, engine,
+                                            cpu_share))
     if args.dry_run:
         for line in describe_graph(build_profile, beam_args):
             emit(line)

@@ -17,7 +17,8 @@ process, with its default options (one worker thread per core on the DirectRunne
 - the stage's limit or floor measured in the same run, and the ratio:
   prepare and export-sc: a plain numpy loop doing the same work in one process;
   profile: Keras' ``predict_on_batch`` of the same truncated network on crops already in memory,
-  batch 32 (the profile issue's definition), and, for information, the frozen graph profile runs;
+  batch 32 (the profile issue's definition), and, for information, the frozen graph profile runs, on
+  OpenVINO (its default on CPUs) and on TensorFlow; profile also runs a third time with ``--inference-engine tensorflow``;
 - DeepProfiler 0.3.1's figures measured on this machine kind for issue #13 (TF 2.15, ``--cores 1``,
   the same 4-plate replica); DeepProfiler cannot be installed here (it pins TF 2.5 and is not on PyPI),
   so they are quoted, not re-measured;
@@ -55,7 +56,8 @@ TWO_PROCESSES = ["--direct_num_workers", "2", "--direct_running_mode", "multi_pr
 VARIANTS = {
     "prepare": {"default (1 thread per core)": [], "1 worker": ONE_WORKER, "2 worker processes": TWO_PROCESSES},
     "export-sc": {"default (1 thread per core)": [], "1 worker": ONE_WORKER, "2 worker processes": TWO_PROCESSES},
-    "profile": {"default (1 thread per core)": [], "1 worker": ONE_WORKER},
+    "profile": {"default (1 thread per core)": [], "1 worker": ONE_WORKER,
+                "TensorFlow engine (--inference-engine tensorflow)": ["--inference-engine", "tensorflow"]},
 }
 
 
@@ -89,17 +91,21 @@ def run_stage(root: Path, stage: str, options: list[str]) -> tuple[float, float,
 
 
 def profile_limits(cells: int = 1024, repeats: int = 3) -> dict[str, float]:
-    """Keras' predict_on_batch (the limit) and the frozen graph profile runs, on crops in memory."""
+    """Keras' predict_on_batch (the limit) and the frozen graph on TensorFlow and on OpenVINO (profile's
+    engines), on crops in memory."""
     import keras
 
     from dpcore import models
+    from dpcore.inference_engines import openvino_predictor
 
     keras.utils.set_random_seed(7)
     model = models.feature_extractor(models.classifier("efficientnet", (128, 128, 5), 2), LAYER)
     crops = np.random.default_rng(0).random((cells, 128, 128, 5), dtype=np.float32)
     frozen = models.predict_function(model, BATCH)
     result = {}
-    for name, call in (("predict_on_batch", model.predict_on_batch), ("frozen graph", frozen)):
+    openvino = openvino_predictor(model, BATCH)
+    for name, call in (("predict_on_batch", model.predict_on_batch), ("frozen graph", frozen),
+                       ("OpenVINO", openvino)):
         call(crops[:BATCH])
         passes = []
         for _ in range(repeats):  # the fastest pass, as for the stages
@@ -173,7 +179,8 @@ def main() -> None:
               f"{limits[stage]:>7.1f} {row['rate'] / limits[stage]:>6.2f} {row['rate'] / dp_rate:>6.2f} "
               f"{row['startup_s']:>8.1f} {dp_start:>8.1f} {row['launcher_mb']:>8.0f} {row['worker_mb']:>9.0f}")
     print("\nlimits: prepare and export-sc = plain numpy loop in one process; profile = Keras predict_on_batch, "
-          f"batch {BATCH}, crops in memory ({model['frozen graph']:.1f} cells/s for the frozen graph profile runs)")
+          f"batch {BATCH}, crops in memory (the frozen graph profile runs: {model['OpenVINO']:.1f} cells/s on "
+          f"OpenVINO, its default on CPUs, {model['frozen graph']:.1f} on TensorFlow)")
     print("DP = DeepProfiler 0.3.1, issue #13's measurements on this machine kind (not re-measured here)")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),

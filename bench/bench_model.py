@@ -9,7 +9,9 @@ random weights, crops already in memory. Reports cells/s for:
 - ``tf.function`` (fixed batch), and the same graph frozen (weights as constants), what profile runs
   (``dpcore.models.predict_function``);
 - ``tf.function`` + XLA (``jit_compile=True``);
-- the frozen graph called from two threads at once (what profile's two default workers do);
+- the frozen graph called from two threads at once (what profile's two default workers did on TensorFlow);
+- the same frozen graph on OpenVINO's CPU plugin (``dpcore.inference_engines``: profile's default on CPUs),
+  called from one thread, and from two at once with one stream or two (a stream per calling thread);
 - the same graph with other batch sizes;
 - ``tf_keras`` (Keras 2, DeepProfiler's API) building the same backbone, when installed (``--tf-keras``);
 - with oneDNN off (``TF_ENABLE_ONEDNN_OPTS=0``, a child process: it must be set before TensorFlow loads).
@@ -89,7 +91,19 @@ def keras3_variants(crops: np.ndarray, batch: int) -> dict[str, float]:
     for other in (16, 64, 128):
         call = models.predict_function(model, other)
         results[f"keras3 frozen graph, batch {other}"] = rate(call, crops, other)
+    results.update(openvino_variants(model, crops, batch))
     return results
+
+
+def openvino_variants(model, crops: np.ndarray, batch: int) -> dict[str, float]:
+    from dpcore.inference_engines import CpuShare, openvino_predictor
+
+    call = openvino_predictor(model, batch)
+    two_streams = openvino_predictor(model, batch, CpuShare(streams=2))
+    return {"OpenVINO, frozen graph, fixed batch (profile on CPUs, one worker)": rate(call, crops, batch),
+            "OpenVINO, one stream, 2 threads calling at once": concurrent_rate(call, crops, batch, threads=2),
+            "OpenVINO, 2 streams, 2 threads calling at once (profile's 2 default workers)":
+                concurrent_rate(two_streams, crops, batch, threads=2)}
 
 
 def tf_keras_variant(crops: np.ndarray, batch: int) -> dict[str, float]:

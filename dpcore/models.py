@@ -222,19 +222,23 @@ def predict_function(model: keras.Model, batch_size: int | None = None,
     if batch_size is None:
         return lambda batch: frozen(tf.convert_to_tensor(batch, tf.float32)).numpy()
 
-    def predict(batch: np.ndarray) -> np.ndarray:
-        batch = np.asarray(batch, dtype=np.float32)
-        outputs = []
-        for start in range(0, len(batch), batch_size):
-            part = batch[start:start + batch_size]
-            if len(part) < batch_size:
-                padded = np.zeros((batch_size,) + part.shape[1:], np.float32)
-                padded[: len(part)] = part
-                part = padded
-            outputs.append(frozen(tf.convert_to_tensor(part)).numpy()[: len(batch) - start])
-        return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
+    return lambda batch: in_fixed_batches(lambda part: frozen(tf.convert_to_tensor(part)).numpy(), batch, batch_size)
 
-    return predict
+
+def in_fixed_batches(run_batch: Callable[[np.ndarray], np.ndarray], batch: np.ndarray,
+                     batch_size: int) -> np.ndarray:
+    """``run_batch`` over ``batch`` in parts of exactly ``batch_size`` rows: the last part is padded with
+    zeros and the padding's outputs dropped (one input shape, so one compiled graph)."""
+    batch = np.asarray(batch, dtype=np.float32)
+    outputs = []
+    for start in range(0, len(batch), batch_size):
+        part = batch[start:start + batch_size]
+        if len(part) < batch_size:
+            padded = np.zeros((batch_size,) + part.shape[1:], np.float32)
+            padded[: len(part)] = part
+            part = padded
+        outputs.append(run_batch(np.ascontiguousarray(part))[: len(batch) - start])
+    return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
 
 
 def frozen_graph(model: keras.Model, input_shape: tuple[int | None, ...],
@@ -249,12 +253,18 @@ def frozen_graph(model: keras.Model, input_shape: tuple[int | None, ...],
     structured signature it does not have, and the failure formats the whole
     input tensor as text (~20 ms of a 32-crop batch, holding the GIL).
     """
+    constant = frozen_concrete_function(model, input_shape)
+    return tf.function(lambda batch: constant(batch)[0], input_signature=[tf.TensorSpec(input_shape, tf.float32)],
+                       jit_compile=xla or None)
+
+
+def frozen_concrete_function(model: keras.Model, input_shape: tuple[int | None, ...]):
+    """``model(x, training=False)`` as float32, traced for ``input_shape``, variables turned into constants:
+    a self-contained graph (``.graph.as_graph_def()``), what TF Serving and the OpenVINO converter read."""
     from tensorflow.python.framework.convert_to_constants import (  # noqa: PLC0415
         convert_variables_to_constants_v2,
     )
 
     traced = tf.function(lambda batch: tf.cast(model(batch, training=False), tf.float32),
                          input_signature=[tf.TensorSpec(input_shape, tf.float32)])
-    constant = convert_variables_to_constants_v2(traced.get_concrete_function())
-    return tf.function(lambda batch: constant(batch)[0], input_signature=[tf.TensorSpec(input_shape, tf.float32)],
-                       jit_compile=xla or None)
+    return convert_variables_to_constants_v2(traced.get_concrete_function())

@@ -67,6 +67,19 @@ def test_only_local_workers_count_as_concurrent_model_callers():
     assert local_model_callers(()) == 1
 
 
+def test_openvino_gets_a_stream_per_local_thread_and_a_share_of_the_cores_per_local_process():
+    from beam_pipelines.context import local_parallelism
+    from beam_pipelines.profile import local_cpu_share
+    from dpcore.inference_engines import CpuShare
+
+    assert local_cpu_share(local_parallelism(()), 1) == CpuShare(streams=os.cpu_count() or 1)
+    processes = ("--direct_num_workers", "2", "--direct_running_mode", "multi_processing")
+    assert local_cpu_share(processes, 3) == CpuShare(threads=3, streams=1)
+    assert local_cpu_share(("--direct_num_workers", "1", "--direct_running_mode", "multi_processing"), None) \
+        == CpuShare()
+    assert local_cpu_share(("--runner=FlinkRunner", "--direct_num_workers=4"), None) == CpuShare()
+
+
 @pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
 def test_reduced_precision_features_are_float32_and_close(efficientnet_cut, precision):
     import keras

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -330,6 +331,61 @@ def test_two_worker_processes_give_the_same_features(small_cnn):
     # To float32 rounding (see conftest.assert_same_features): the batches are filled in another order.
     np.testing.assert_allclose(two.filter(like="cnn_").to_numpy(), one.filter(like="cnn_").to_numpy(),
                                rtol=1e-5, atol=1e-6)
+
+
+class EngineLog(logging.Handler):
+    """What ``dpcore.inference_engines`` logs while a command runs (the CLI replaces the root's handlers, so
+    pytest's caplog sees nothing): a handler on that logger itself."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    def __enter__(self) -> "EngineLog":
+        engines = logging.getLogger("dpcore.inference_engines")
+        self.previous = engines.level
+        engines.setLevel(logging.INFO)
+        engines.addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        engines = logging.getLogger("dpcore.inference_engines")
+        engines.removeHandler(self)
+        engines.setLevel(self.previous)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+def test_openvino_by_default_and_tensorflow_on_request_give_the_same_features(small):
+    """The default engine on a CPU is OpenVINO (the worker logs it); TensorFlow's features agree to float32
+    rounding, so sites of both may share a features folder."""
+    root, name, _ = small
+    order = ["Metadata_Well", "Metadata_Site", "Metadata_Cell_Index"]
+    with EngineLog() as log:
+        code, text = profile(root, name)
+    assert code == 0 and "engine auto (OpenVINO on CPUs, TensorFlow on GPUs)" in text, text
+    assert "profile's network runs on OpenVINO" in log.text, log.text
+    default = features_of(root).sort_values(order)
+    with EngineLog() as log:
+        code, text = profile(root, name, "--overwrite", "--inference-engine", "tensorflow")
+    assert code == 0 and "engine tensorflow" in text, text
+    assert "profile's network runs on TensorFlow" in log.text and "OpenVINO" not in log.text, log.text
+    tensorflow = features_of(root).sort_values(order)
+    pd.testing.assert_frame_equal(default.filter(like="Metadata_").reset_index(drop=True),
+                                  tensorflow.filter(like="Metadata_").reset_index(drop=True))
+    ours, theirs = default.filter(like="efficientnet_").to_numpy(), tensorflow.filter(like="efficientnet_").to_numpy()
+    assert not np.array_equal(ours, theirs)  # two engines really ran
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5 * np.abs(theirs).max())
+    (root / "outputs/results/features/20585/A01-7.parquet").unlink()
+    code, text = profile(root, name, "--inference-engine", "openvino")  # adds the missing site beside TensorFlow's
+    assert code == 0 and len(features_of(root)) == len(default), text
+    code, text = profile(root, name, "--inference-engine", "openvino", "--xla")
+    assert code == 2 and "--inference-engine openvino runs the network in float32 on the CPU" in text, text
 
 
 def test_gpu_options_give_close_features_that_never_mix_with_float32_ones(small_cnn):

@@ -1,0 +1,157 @@
+"""Which runtime executes profile's network: TensorFlow or OpenVINO (``dpbeam profile --inference-engine``).
+
+Both run the same frozen graph (``dpcore.models.frozen_concrete_function``: the Keras model traced for the
+fixed batch, weights as constants), in float32, so they give the same features to float32 rounding
+(tests/test_inference_engines.py: within 1e-5 of the largest feature for every model of the zoo). On a CPU,
+OpenVINO's CPU plugin runs it ~1.5x faster than TensorFlow (``bench/bench_model.py``, EfficientNet-B0 cut at
+``block6a_activation``, batch 32, 2 cores, 2026-12-02: 869 against 585 cells/s; Keras' ``predict_on_batch``
+414). On GPUs, and for ``--xla`` or ``--precision`` other than float32 (TensorFlow's options), TensorFlow runs it.
+
+- ``auto`` (default): OpenVINO where the worker sees no GPU and the run is float32 without XLA, else
+  TensorFlow. Decided on each worker when it loads the model: the launcher cannot see a remote worker's GPUs.
+- ``tensorflow``: TensorFlow's frozen graph (``dpcore.models.predict_function``).
+- ``openvino``: OpenVINO on the CPU, also on a machine with a GPU; refused with ``--xla`` or reduced precision.
+
+OpenVINO's settings, and why:
+
+- ``INFERENCE_PRECISION_HINT=f32``: on CPUs with bfloat16 units (AVX512-BF16 or AMX, as this project's
+  machine) OpenVINO computes in bfloat16 unless told otherwise, which moves features in the third digit.
+- ``PERFORMANCE_HINT=LATENCY``: one stream using all the threads this process may use; local Beam threads
+  calling the model take turns. Measured on 2 cores: one stream 869 cells/s whether one or two threads call
+  it, two streams called by two threads 831-847, two one-thread models called side by side 556.
+- ``ENABLE_CPU_PINNING=NO``: each process would pin its threads to the same first cores, so several worker
+  processes on one machine (local multi-processing, Dataflow's one process per core) would share them.
+- The graph goes through OpenVINO's TensorFlow front end, not ``openvino.convert_model``: that converter
+  reports usage to Intel (``openvino_telemetry``) unless the user has opted out; the front end does not.
+
+``import dpcore.inference_engines`` loads neither TensorFlow nor OpenVINO; building a predictor does.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from dpcore.acceleration import Acceleration
+
+logger = logging.getLogger(__name__)
+
+ENGINES = ("auto", "tensorflow", "openvino")
+OPENVINO_CPU_SETTINGS = {
+    "INFERENCE_PRECISION_HINT": "f32",
+    "PERFORMANCE_HINT": "LATENCY",
+    "ENABLE_CPU_PINNING": "NO",
+}
+
+
+class EngineError(ValueError):
+    """An engine that does not exist, or one that cannot run the requested options."""
+
+
+def check_engine(engine: str, acceleration: Acceleration) -> None:
+    """Fail before the pipeline for a choice no worker could honour."""
+    if engine not in ENGINES:
+        raise EngineError(f"--inference-engine {engine!r} is not one of {', '.join(ENGINES)}")
+    if engine == "openvino" and (acceleration.xla or acceleration.mixed):
+        raise EngineError(f"--inference-engine openvino runs the network in float32 on the CPU; {acceleration.describe()} "
+                          f"are TensorFlow's options: use --inference-engine tensorflow (or auto, which picks it for them)")
+
+
+def resolve_engine(engine: str, acceleration: Acceleration) -> str:
+    """``auto`` -> the engine this worker should use; an explicit choice is kept."""
+    check_engine(engine, acceleration)
+    if engine != "auto":
+        return engine
+    if acceleration.xla or acceleration.mixed:
+        return "tensorflow"
+    from dpcore.tensorflow_runtime import load_tensorflow  # noqa: PLC0415
+
+    if load_tensorflow().config.list_physical_devices("GPU"):
+        return "tensorflow"
+    return "openvino"
+
+
+@dataclass(frozen=True)
+class CpuShare:
+    """How one worker process's model calls use the CPU: ``streams`` calls at once (one per thread of the
+    process that calls the model), sharing ``threads`` threads (None: all the process's cores)."""
+
+    threads: int | None = None
+    streams: int = 1
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """A compiled feature model: ``predictor(crops)`` -> float32 (N, D), safe to call from several threads."""
+
+    engine: str
+    description: str
+    call: Callable[[np.ndarray], np.ndarray]
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.call(batch)
+
+
+def predictor(model: Any, batch_size: int, engine: str = "auto", acceleration: Acceleration = Acceleration(),
+              share: CpuShare = CpuShare()) -> Predictor:
+    """The Keras ``model`` compiled for calls of any number of crops, run ``batch_size`` at a time.
+
+    ``share`` applies to OpenVINO; TensorFlow takes its threads per call from ``TF_NUM_INTRAOP_THREADS``
+    (``dpcore.tensorflow_runtime.cores_shared``).
+    """
+    chosen = resolve_engine(engine, acceleration)
+    if chosen == "openvino":
+        built = openvino_predictor(model, batch_size, share)
+    else:
+        from dpcore import models  # noqa: PLC0415
+
+        built = Predictor("tensorflow", f"TensorFlow frozen graph ({acceleration.describe()})",
+                          models.predict_function(model, batch_size, xla=acceleration.xla))
+    logger.info("profile's network runs on %s (engine %s)", built.description, engine)
+    return built
+
+
+def openvino_predictor(model: Any, batch_size: int, share: CpuShare = CpuShare()) -> Predictor:
+    """The Keras ``model`` frozen, read by OpenVINO's TensorFlow front end and compiled for the CPU."""
+    import openvino  # noqa: PLC0415
+    from openvino.frontend import FrontEndManager  # noqa: PLC0415
+
+    from dpcore import models  # noqa: PLC0415
+
+    shape = (batch_size,) + tuple(model.input.shape[1:])
+    graph = models.frozen_concrete_function(model, shape).graph.as_graph_def()
+    settings = dict(OPENVINO_CPU_SETTINGS)
+    if share.threads:
+        settings["INFERENCE_NUM_THREADS"] = str(share.threads)
+    if share.streams > 1:  # each calling thread gets a stream of its own, with its part of the threads
+        settings.update(PERFORMANCE_HINT="THROUGHPUT", NUM_STREAMS=str(share.streams))
+    with tempfile.TemporaryDirectory(prefix="dpbeam-openvino-") as folder:
+        # The front end reads a GraphDef from a file; it is compiled before the folder goes.
+        graph_file = Path(folder) / "frozen_graph.pb"
+        graph_file.write_bytes(graph.SerializeToString())
+        front_end = FrontEndManager().load_by_framework("tf")
+        network = front_end.convert(front_end.load(str(graph_file)))
+        compiled = openvino.Core().compile_model(network, "CPU", settings)
+    # An infer request runs one call at a time; callers wait for a free one (one per stream).
+    requests: queue.SimpleQueue = queue.SimpleQueue()
+    for _ in range(int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))):
+        requests.put(compiled.create_infer_request())
+
+    def run_batch(part: np.ndarray) -> np.ndarray:
+        request = requests.get()
+        try:
+            # Outputs are copied out of the request (share_outputs defaults to False): the next call reuses it.
+            return request.infer({0: part})[0]
+        finally:
+            requests.put(request)
+
+    used = (compiled.get_property("INFERENCE_NUM_THREADS"), compiled.get_property("NUM_STREAMS"))
+    return Predictor("openvino", f"OpenVINO {openvino.get_version()} on the CPU (float32, {used[0]} threads, "
+                                 f"{used[1]} stream(s))",
+                     lambda batch: models.in_fixed_batches(run_batch, batch, batch_size))

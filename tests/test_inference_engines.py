@@ -1,0 +1,120 @@
+"""profile's engines: OpenVINO on CPUs gives Keras' own features for every model of the zoo; the choice."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import keras  # required: an import error fails the module, never skips it
+import openvino  # noqa: F401  (required: profile's default engine on CPUs)
+
+from dpcore import models
+from dpcore.acceleration import Acceleration
+from dpcore.inference_engines import EngineError, check_engine, openvino_predictor, predictor, resolve_engine
+
+# One xdist worker runs the whole module: the models are built once there.
+pytestmark = pytest.mark.xdist_group("inference-engines")
+SHAPE = (64, 64, 5)
+
+
+def zoo_model(name: str) -> keras.Model:
+    """A feature model of each kind profile builds, small inputs, seeded random weights."""
+    keras.utils.set_random_seed(5)
+    if name == "efficientnet":
+        return models.feature_extractor(models.classifier("efficientnet", SHAPE, 3), "block6a_activation")
+    if name == "resnet":
+        return models.feature_extractor(models.classifier("resnet", SHAPE, 3, 50), "pool5")
+    if name == "inception_resnet_v2":  # needs at least 75 pixels
+        return models.feature_extractor(models.classifier("inception_resnet_v2", (80, 80, 5), 3), "pool5")
+    if name == "cnn":
+        return models.feature_extractor(models.classifier("cnn", SHAPE, 3, conv_blocks=3), "features")
+    if name == "classifier probabilities":
+        return models.feature_extractor(models.classifier("efficientnet", SHAPE, 3), "ClassProb")
+    # DeepProfiler's ImageNet baseline: channels repeated to RGB, resized, through an RGB network.
+    per_image = models.feature_extractor(models.backbone("efficientnet", (72, 72, 3)), "top_activation")
+    return models.repeat_channel_extractor(per_image, models.RepeatChannelSpec(5, 72), SHAPE[:2])
+
+
+@pytest.mark.parametrize("name", ["efficientnet", "resnet", "inception_resnet_v2", "cnn",
+                                  "classifier probabilities", "repeat_channel"])
+def test_openvino_gives_keras_features_for_every_model_of_the_zoo(name):
+    """Keras' own predict_on_batch is the reference. In float32: this machine's CPU has bfloat16 units, where
+    OpenVINO would otherwise compute in bfloat16 (differences of ~1e-2 of the largest feature)."""
+    model = zoo_model(name)
+    crops = np.random.default_rng(0).random((11,) + tuple(model.input.shape[1:]), dtype=np.float32)
+    expected = model.predict_on_batch(crops)
+    found = openvino_predictor(model, batch_size=4)(crops)  # two full batches and a padded one
+    assert found.dtype == np.float32 and found.shape == expected.shape
+    np.testing.assert_allclose(found, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+
+
+def test_openvino_and_tensorflow_agree_and_a_cell_does_not_depend_on_its_batch():
+    model = zoo_model("efficientnet")
+    crops = np.random.default_rng(1).random((13, *SHAPE), dtype=np.float32)
+    on_openvino = predictor(model, 8, "openvino")
+    on_tensorflow = predictor(model, 8, "tensorflow")
+    assert (on_openvino.engine, on_tensorflow.engine) == ("openvino", "tensorflow")
+    assert "OpenVINO" in on_openvino.description and "float32" in on_openvino.description
+    together = on_openvino(crops)
+    np.testing.assert_allclose(together, on_tensorflow(crops), rtol=1e-4, atol=1e-5 * np.abs(together).max())
+    alone = np.concatenate([on_openvino(crops[i:i + 1]) for i in range(len(crops))])
+    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6 * np.abs(alone).max())
+    assert on_openvino(crops[:0]).size == 0
+
+
+def test_openvino_predictor_is_safe_to_call_from_several_threads():
+    """Beam's local threads share one model per process: their calls take turns on the infer requests."""
+    model = zoo_model("cnn")
+    crops = np.random.default_rng(2).random((4, 10, *SHAPE), dtype=np.float32)
+    predict = openvino_predictor(model, batch_size=4)
+    alone = [predict(part) for part in crops]
+    together: list = [None] * len(crops)
+
+    def work(index: int) -> None:
+        for _ in range(5):
+            together[index] = predict(crops[index])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(crops))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for expected, found in zip(alone, together):
+        np.testing.assert_array_equal(found, expected)
+
+
+def test_auto_picks_openvino_on_a_cpu_and_tensorflow_for_its_own_options():
+    import tensorflow as tf
+
+    assert tf.config.list_physical_devices("GPU") == []  # this test's premise: a machine without a GPU
+    assert resolve_engine("auto", Acceleration()) == "openvino"
+    assert resolve_engine("auto", Acceleration(xla=True)) == "tensorflow"
+    assert resolve_engine("auto", Acceleration("mixed_bfloat16")) == "tensorflow"
+    assert resolve_engine("tensorflow", Acceleration()) == "tensorflow"
+    assert resolve_engine("openvino", Acceleration()) == "openvino"
+
+
+def test_openvino_refuses_tensorflows_options_and_unknown_engines_are_named():
+    with pytest.raises(EngineError, match="--inference-engine tensorflow"):
+        check_engine("openvino", Acceleration(xla=True))
+    with pytest.raises(EngineError, match="precision mixed_float16"):
+        check_engine("openvino", Acceleration("mixed_float16"))
+    with pytest.raises(EngineError, match="'onnx' is not one of auto, tensorflow, openvino"):
+        check_engine("onnx", Acceleration())
+
+
+def test_loading_a_model_into_openvino_reports_nothing_to_intel(monkeypatch):
+    """``openvino.convert_model`` sends usage telemetry unless opted out; profile reads the graph through the
+    TensorFlow front end, which never starts it."""
+    import openvino_telemetry
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("OpenVINO telemetry was started")
+
+    monkeypatch.setattr(openvino_telemetry.Telemetry, "__init__", refuse)
+    monkeypatch.setattr(openvino_telemetry.Telemetry, "init", refuse)
+    monkeypatch.setattr(openvino_telemetry.Telemetry, "send_event", refuse)
+    predict = openvino_predictor(zoo_model("cnn"), batch_size=2)
+    assert predict(np.zeros((3, *SHAPE), np.float32)).shape == (3, 256)
