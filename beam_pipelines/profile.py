@@ -40,7 +40,7 @@ from dpcore import features
 from dpcore.checkpoints import CheckpointError, file_sha256
 from dpcore.config import Config, ConfigError
 from dpcore.images import ImageReadError
-from dpcore.inference_engines import CpuShare, EngineError, check_engine
+from dpcore.inference_engines import WHOLE_PROCESS, CpuShare, EngineError, check_engine
 from dpcore.layout import ProjectLayout, UnsafePathError
 from dpcore.locations import LocationsError, LocationsMissing
 from dpcore.locking import output_lock
@@ -77,7 +77,7 @@ class FeatureModelHandler(ModelHandler[np.ndarray, np.ndarray, Any]):
     """
 
     def __init__(self, spec: FeatureModelSpec, batch_size: int, engine: str = "auto",
-                 cpu_share: CpuShare = CpuShare()):
+                 cpu_share: CpuShare = WHOLE_PROCESS):
         super().__init__()
         self.spec = spec
         self.batch_size = batch_size
@@ -272,7 +272,7 @@ class ProfileSites(beam.PTransform):
     # Crops -> vectors; FeatureModelHandler(spec, batch_size, engine, cpu_share) unless a test passes a fake one.
     model_handler: ModelHandler | None = None
     engine: str = "auto"  # dpcore.inference_engines.ENGINES
-    cpu_share: CpuShare = CpuShare()  # OpenVINO's threads and streams per worker process
+    cpu_share: CpuShare = WHOLE_PROCESS  # OpenVINO's threads and streams per worker process
 
     def __post_init__(self):
         super().__init__()
@@ -382,7 +382,7 @@ def build_spec(layout: ProjectLayout, config: Config, pretrained: str | None,
 
 def build(pipeline: beam.Pipeline, source: CellSource, spec: FeatureModelSpec, batch_size: int,
           index_path: StoragePath, overwrite: bool, description: dict, accelerator: str | None = None,
-          engine: str = "auto", cpu_share: CpuShare = CpuShare()) -> None:
+          engine: str = "auto", cpu_share: CpuShare = WHOLE_PROCESS) -> None:
     _ = pipeline | "Profile" >> ProfileSites(
         source, spec, batch_size, str(index_path), overwrite,
         features.failures_file(source.layout.features_dir, index_path), description, accelerator,

@@ -86,6 +86,10 @@ class CpuShare:
     streams: int = 1
 
 
+WHOLE_PROCESS = CpuShare()  # one call at a time, on all the process's cores
+DEFAULT_ACCELERATION = Acceleration()  # float32, no XLA
+
+
 @dataclass(frozen=True)
 class Predictor:
     """A compiled feature model: ``predictor(crops)`` -> float32 (N, D), safe to call from several threads."""
@@ -98,8 +102,8 @@ class Predictor:
         return self.call(batch)
 
 
-def predictor(model: Any, batch_size: int, engine: str = "auto", acceleration: Acceleration = Acceleration(),
-              share: CpuShare = CpuShare()) -> Predictor:
+def predictor(model: Any, batch_size: int, engine: str = "auto",
+              acceleration: Acceleration = DEFAULT_ACCELERATION, share: CpuShare = WHOLE_PROCESS) -> Predictor:
     """The Keras ``model`` compiled for calls of any number of crops, run ``batch_size`` at a time.
 
     ``share`` applies to OpenVINO; TensorFlow takes its threads per call from ``TF_NUM_INTRAOP_THREADS``
@@ -117,7 +121,7 @@ def predictor(model: Any, batch_size: int, engine: str = "auto", acceleration: A
     return built
 
 
-def openvino_predictor(model: Any, batch_size: int, share: CpuShare = CpuShare()) -> Predictor:
+def openvino_predictor(model: Any, batch_size: int, share: CpuShare = WHOLE_PROCESS) -> Predictor:
     """The Keras ``model`` frozen, read by OpenVINO's TensorFlow front end and compiled for the CPU."""
     import openvino  # noqa: PLC0415
     from openvino.frontend import FrontEndManager  # noqa: PLC0415
