@@ -19,9 +19,10 @@ process, with its default options (one worker thread per core on the DirectRunne
   profile: Keras' ``predict_on_batch`` of the same truncated network on crops already in memory,
   batch 32 (the profile issue's definition), and, for information, the frozen graph profile runs, on
   OpenVINO (its default on CPUs) and on TensorFlow; profile also runs a third time with ``--inference-engine tensorflow``;
-- DeepProfiler 0.3.1's figures measured on this machine kind for issue #13 (TF 2.15, ``--cores 1``,
-  the same 4-plate replica); DeepProfiler cannot be installed here (it pins TF 2.5 and is not on PyPI),
-  so they are quoted, not re-measured;
+- DeepProfiler 0.3.1's figures measured on this project's first machine kind for issue #13 (TF 2.15,
+  ``--cores 1``, the same 4-plate replica); DeepProfiler cannot be installed here (it pins TF 2.5 and is
+  not on PyPI), so they are quoted, not re-measured, and, for a machine of another speed, also scaled by
+  the ratio of this run's limits to that machine's ("scaled": an estimate, see DEEPPROFILER_MACHINE_LIMITS);
 - peak resident memory of the command and of its largest worker process.
 
 Numbers go to stdout and ``bench/results/all.json``.
@@ -50,6 +51,12 @@ LAYER = "block6a_activation"
 BATCH = 32
 # Issue #13: DeepProfiler 0.3.1 on the 4-plate replica, this machine kind, marginal rate and 1-plate start-up.
 DEEPPROFILER = {"prepare": (1.3, 6.1), "export-sc": (62.0, 6.3), "profile": (97.0, 15.9)}
+# The same limits as this script measures, on the machine kind DeepProfiler's figures come from: profile's
+# Keras predict_on_batch 91 cells/s (issue #13, 2026-11-30, quiet machine); prepare's and export-sc's plain
+# loops, the median of this script's runs there (2026-12-01/02: 5.0, 6.2, 7.1, 7.5 sites/s; 222, 305, 378,
+# 381 cells/s). On another machine DeepProfiler's rates are scaled by limit here / limit there ("vs DP
+# scaled"), an estimate of what DeepProfiler would do on it: its own code cannot be installed here.
+DEEPPROFILER_MACHINE_LIMITS = {"prepare": 6.65, "export-sc": 341.5, "profile": 91.0}
 UNITS = {"prepare": "sites/s", "export-sc": "cells/s", "profile": "cells/s"}
 ONE_WORKER = ["--direct_num_workers", "1"]
 TWO_PROCESSES = ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
@@ -171,12 +178,13 @@ def main() -> None:
     print(f"\n{args.plates} plates vs 1 ({work[many][0]} vs {work[one][0]} sites, {work[many][1]} vs {work[one][1]} "
           f"cells), {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
     print(f"{'stage':<10} {'options':<28} {'unit':<8} {'marginal':>9} {'(pairs)':>15} {'limit':>7} {'ratio':>6} "
-          f"{'vs DP':>6} {'start s':>8} {'DP start':>8} {'peak MB':>8} {'worker MB':>9}")
+          f"{'vs DP':>6} {'scaled':>6} {'start s':>8} {'DP start':>8} {'peak MB':>8} {'worker MB':>9}")
     for row in rows:
         stage, dp_rate, dp_start = row["stage"], *DEEPPROFILER[row["stage"]]
         spread = f"{min(row['rates']):.1f}-{max(row['rates']):.1f}"
         print(f"{stage:<10} {row['variant']:<28} {row['unit']:<8} {row['rate']:>9.1f} {spread:>15} "
               f"{limits[stage]:>7.1f} {row['rate'] / limits[stage]:>6.2f} {row['rate'] / dp_rate:>6.2f} "
+              f"{row['rate'] / (dp_rate * limits[stage] / DEEPPROFILER_MACHINE_LIMITS[stage]):>6.2f} "
               f"{row['startup_s']:>8.1f} {dp_start:>8.1f} {row['launcher_mb']:>8.0f} {row['worker_mb']:>9.0f}")
     print("\nlimits: prepare and export-sc = plain numpy loop in one process; profile = Keras predict_on_batch, "
           f"batch {BATCH}, crops in memory (the frozen graph profile runs: {model['OpenVINO']:.1f} cells/s on "
@@ -186,7 +194,8 @@ def main() -> None:
     args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
                                      "plates": args.plates, "work": {"one": work[one], "many": work[many]},
                                      "limits": limits, "model": model, "rows": rows,
-                                     "deepprofiler": DEEPPROFILER}, indent=1))
+                                     "deepprofiler": DEEPPROFILER,
+                                     "deepprofiler_machine_limits": DEEPPROFILER_MACHINE_LIMITS}, indent=1))
 
 
 if __name__ == "__main__":

@@ -16,9 +16,12 @@ OpenVINO's settings, and why:
 
 - ``INFERENCE_PRECISION_HINT=f32``: on CPUs with bfloat16 units (AVX512-BF16 or AMX, as this project's
   machine) OpenVINO computes in bfloat16 unless told otherwise, which moves features in the third digit.
-- ``PERFORMANCE_HINT=LATENCY``: one stream using all the threads this process may use; local Beam threads
-  calling the model take turns. Measured on 2 cores: one stream 869 cells/s whether one or two threads call
-  it, two streams called by two threads 831-847, two one-thread models called side by side 556.
+- Streams (``CpuShare``): a process whose model is called by one thread at a time gets one stream of all
+  its threads (``PERFORMANCE_HINT=LATENCY``); one called by N local threads (the DirectRunner's default of a
+  thread per core) gets N streams (``THROUGHPUT``), so each thread's call runs on its share of the cores, as
+  TensorFlow's did, instead of calls of all the cores queueing while another thread crops beside them. On
+  the model alone (2 cores) the two are alike: one stream 869-903 cells/s, two streams called by two threads
+  831-847; two separate one-thread models called side by side only 556.
 - ``ENABLE_CPU_PINNING=NO``: each process would pin its threads to the same first cores, so several worker
   processes on one machine (local multi-processing, Dataflow's one process per core) would share them.
 - The graph goes through OpenVINO's TensorFlow front end, not ``openvino.convert_model``: that converter
