@@ -3,9 +3,10 @@
 Both run the same frozen graph (``dpcore.models.frozen_concrete_function``: the Keras model traced for the
 fixed batch, weights as constants), in float32, so they give the same features to float32 rounding
 (tests/test_inference_engines.py: within 1e-5 of the largest feature for every model of the zoo). On a CPU,
-OpenVINO's CPU plugin runs it ~1.5x faster than TensorFlow (``bench/bench_model.py``, EfficientNet-B0 cut at
-``block6a_activation``, batch 32, 2 cores, 2026-12-02: 869 against 585 cells/s; Keras' ``predict_on_batch``
-414). On GPUs, and for ``--xla`` or ``--precision`` other than float32 (TensorFlow's options), TensorFlow runs it.
+OpenVINO's CPU plugin runs it 1.4-1.8x faster than TensorFlow (``bench/bench_model.py``, EfficientNet-B0 cut
+at ``block6a_activation``, batch 32, 2 cores, 2026-12-02: 903 against 513 cells/s; Keras' ``predict_on_batch``
+451), the whole profile stage 1.1-1.2x. On GPUs, and for ``--xla`` or ``--precision`` other than float32
+(TensorFlow's options), TensorFlow runs it.
 
 - ``auto`` (default): OpenVINO where the worker sees no GPU and the run is float32 without XLA, else
   TensorFlow. Decided on each worker when it loads the model: the launcher cannot see a remote worker's GPUs.

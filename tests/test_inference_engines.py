@@ -30,8 +30,8 @@ def zoo_model(name: str) -> keras.Model:
         return models.feature_extractor(models.classifier("inception_resnet_v2", (80, 80, 5), 3), "pool5")
     if name == "cnn":
         return models.feature_extractor(models.classifier("cnn", SHAPE, 3, conv_blocks=3), "features")
-    if name == "classifier probabilities":
-        return models.feature_extractor(models.classifier("efficientnet", SHAPE, 3), "ClassProb")
+    if name == "classifier probabilities":  # the softmax head (on the small cnn: the head is what is tested)
+        return models.feature_extractor(models.classifier("cnn", SHAPE, 3, conv_blocks=3), "ClassProb")
     # DeepProfiler's ImageNet baseline: channels repeated to RGB, resized, through an RGB network.
     per_image = models.feature_extractor(models.backbone("efficientnet", (72, 72, 3)), "top_activation")
     return models.repeat_channel_extractor(per_image, models.RepeatChannelSpec(5, 72), SHAPE[:2])
