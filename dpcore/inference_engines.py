@@ -10,8 +10,10 @@ at ``block6a_activation``, batch 32, 2 cores, 2026-12-02: 903 against 513 cells/
 
 - ``auto`` (default): OpenVINO where the worker sees no GPU and the run is float32 without XLA, else
   TensorFlow. Decided on each worker when it loads the model: the launcher cannot see a remote worker's GPUs.
+  A network OpenVINO cannot read or compile runs on TensorFlow, with a warning.
 - ``tensorflow``: TensorFlow's frozen graph (``dpcore.models.predict_function``).
-- ``openvino``: OpenVINO on the CPU, also on a machine with a GPU; refused with ``--xla`` or reduced precision.
+- ``openvino``: OpenVINO on the CPU, also on a machine with a GPU; refused with ``--xla`` or reduced precision,
+  and an error if OpenVINO cannot run the network.
 
 OpenVINO's settings, and why:
 
@@ -114,9 +116,19 @@ def predictor(model: Any, batch_size: int, engine: str = "auto",
     (``dpcore.tensorflow_runtime.cores_shared``).
     """
     chosen = resolve_engine(engine, acceleration)
+    built = None
     if chosen == "openvino":
-        built = openvino_predictor(model, batch_size, share)
-    else:
+        try:
+            built = openvino_predictor(model, batch_size, share)
+        except Exception as error:  # noqa: BLE001 -- any converter or compiler failure
+            if engine != "auto":
+                raise EngineError(f"OpenVINO cannot run this network ({type(error).__name__}: {error}); "
+                                  f"use --inference-engine tensorflow") from error
+            # auto promised the fastest engine that works: a network OpenVINO's front end cannot read (an op
+            # it lacks, in a model of the future) still runs, on TensorFlow, and the log says why.
+            logger.warning("OpenVINO cannot run this network (%s: %s); it runs on TensorFlow instead",
+                           type(error).__name__, error)
+    if built is None:
         from dpcore import models  # noqa: PLC0415
 
         built = Predictor("tensorflow", f"TensorFlow frozen graph ({acceleration.describe()})",

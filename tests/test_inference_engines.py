@@ -118,3 +118,21 @@ def test_loading_a_model_into_openvino_reports_nothing_to_intel(monkeypatch):
     monkeypatch.setattr(openvino_telemetry.Telemetry, "send_event", refuse)
     predict = openvino_predictor(zoo_model("cnn"), batch_size=2)
     assert predict(np.zeros((3, *SHAPE), np.float32)).shape == (3, 256)
+
+
+def test_a_network_openvino_cannot_read_runs_on_tensorflow_under_auto_and_fails_clearly_when_asked_for(
+        monkeypatch, caplog):
+    import dpcore.inference_engines as engines
+
+    def unreadable(*args, **kwargs):
+        raise RuntimeError("Cannot create SomeNewOp layer")  # what OpenVINO's front end raises for an unknown op
+
+    monkeypatch.setattr(engines, "openvino_predictor", unreadable)
+    model = zoo_model("cnn")
+    crops = np.random.default_rng(3).random((3, *SHAPE), dtype=np.float32)
+    with caplog.at_level("WARNING", logger="dpcore.inference_engines"):
+        fallback = predictor(model, 2, "auto")
+    assert fallback.engine == "tensorflow" and "SomeNewOp" in caplog.text
+    np.testing.assert_allclose(fallback(crops), model.predict_on_batch(crops), rtol=1e-4, atol=1e-6)
+    with pytest.raises(EngineError, match="OpenVINO cannot run this network.*SomeNewOp.*--inference-engine tensorflow"):
+        predictor(model, 2, "openvino")
