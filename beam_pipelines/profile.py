@@ -21,7 +21,8 @@ listing of the plate's folder), so nothing per site enters the job graph. A
 site that fails in this run loses any feature file an earlier run left, so a
 stale file never passes as current. The run's record is the pipeline's last
 step. The layout is ``dpcore.features``; the model is built once per worker by
-the model handler (``load_model``) and runs as a frozen graph (``dpcore.models.predict_function``).
+the model handler (``load_model``) and runs as a frozen graph, on OpenVINO on CPUs or TensorFlow
+(``dpcore.inference_engines``, ``--inference-engine``).
 """
 
 from __future__ import annotations
