@@ -189,7 +189,8 @@ def main() -> None:
     print("\nlimits: prepare and export-sc = plain numpy loop in one process; profile = Keras predict_on_batch, "
           f"batch {BATCH}, crops in memory (the frozen graph profile runs: {model['OpenVINO']:.1f} cells/s on "
           f"OpenVINO, its default on CPUs, {model['frozen graph']:.1f} on TensorFlow)")
-    print("DP = DeepProfiler 0.3.1, issue #13's measurements on this machine kind (not re-measured here)")
+    print("DP = DeepProfiler 0.3.1, issue #13's measurements on the project's first machine kind (not re-measured "
+          "here); scaled = its rates times this run's limits over that machine's (DEEPPROFILER_MACHINE_LIMITS)")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
                                      "plates": args.plates, "work": {"one": work[one], "many": work[many]},
