@@ -29,7 +29,7 @@ INSTALL_REQUIRES = [
     "tensorboard>=2.20",  # tf.summary needs it for train's summaries/; TF 2.21 no longer installs it
     "matplotlib>=3.8",  # training curves, illumination and montage pictures with real axes, ticks, colour bars
     "google-crc32c>=1.5",  # TFRecord framing in export-sc without importing TensorFlow (Google's C CRC-32C)
-    # profile's network on CPUs: OpenVINO's CPU plugin runs the same frozen graph ~1.5x faster than
+    # profile's network on CPUs: OpenVINO's CPU plugin runs the same frozen graph 1.4-1.8x faster than
     # TensorFlow with the same float32 features (dpcore/inference_engines.py; TensorFlow stays for GPUs).
     "openvino>=2025.0",
     "isal>=1.6",  # deflate for prepare's PNGs: Intel ISA-L, ~10x Pillow's PNG encoder at the same size

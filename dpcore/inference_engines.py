@@ -60,11 +60,16 @@ class EngineError(ValueError):
     """An engine that does not exist, or one that cannot run the requested options."""
 
 
+def _tensorflow_only(acceleration: Acceleration) -> bool:
+    """XLA and reduced precision are TensorFlow's: OpenVINO runs the network as float32 here."""
+    return acceleration.xla or acceleration.mixed
+
+
 def check_engine(engine: str, acceleration: Acceleration) -> None:
     """Fail before the pipeline for a choice no worker could honour."""
     if engine not in ENGINES:
         raise EngineError(f"--inference-engine {engine!r} is not one of {', '.join(ENGINES)}")
-    if engine == "openvino" and (acceleration.xla or acceleration.mixed):
+    if engine == "openvino" and _tensorflow_only(acceleration):
         raise EngineError(f"--inference-engine openvino runs the network in float32 on the CPU; {acceleration.describe()} "
                           f"are TensorFlow's options: use --inference-engine tensorflow (or auto, which picks it for them)")
 
@@ -74,7 +79,7 @@ def resolve_engine(engine: str, acceleration: Acceleration) -> str:
     check_engine(engine, acceleration)
     if engine != "auto":
         return engine
-    if acceleration.xla or acceleration.mixed:
+    if _tensorflow_only(acceleration):
         return "tensorflow"
     from dpcore.tensorflow_runtime import load_tensorflow  # noqa: PLC0415
 

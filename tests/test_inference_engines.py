@@ -136,3 +136,18 @@ def test_a_network_openvino_cannot_read_runs_on_tensorflow_under_auto_and_fails_
     np.testing.assert_allclose(fallback(crops), model.predict_on_batch(crops), rtol=1e-4, atol=1e-6)
     with pytest.raises(EngineError, match="OpenVINO cannot run this network.*SomeNewOp.*--inference-engine tensorflow"):
         predictor(model, 2, "openvino")
+
+
+def test_profiles_model_handler_loads_the_engine_and_cpu_share_it_was_given():
+    """What the command decides (engine, streams per process) is what each worker builds."""
+    from beam_pipelines.profile import FeatureModelHandler
+    from dpcore.inference_engines import CpuShare
+    from dpcore.profiling import FeatureModelSpec
+
+    spec = FeatureModelSpec("cnn", 3, "features", SHAPE)  # random weights: profile.checkpoint None
+    on_openvino = FeatureModelHandler(spec, 4, "openvino", CpuShare(streams=2)).load_model()
+    assert on_openvino.engine == "openvino" and "2 stream(s)" in on_openvino.description
+    on_tensorflow = FeatureModelHandler(spec, 4, "tensorflow").load_model()
+    assert on_tensorflow.engine == "tensorflow"
+    crops = np.random.default_rng(4).random((5, *SHAPE), dtype=np.float32)
+    assert on_openvino(crops).shape == on_tensorflow(crops).shape == (5, 256)
