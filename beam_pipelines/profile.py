@@ -5,15 +5,20 @@
     ReadSites -> KeyByPlate -> GroupByPlate -> SitesToDo (one listing per plate) --(kept)--> counts
                                                   |
                                      SpreadSites -> CutCells --(failed / no cells)------------> dead letters
-                                                  | ("plate|well|site|cell", crop)   | (site key, site info)
-                          RunInference(KeyedModelHandler(FeatureModelHandler))       |
-                          batched by profile.batch_size across sites                 |
-                                                  | (cell key, vector) --(failed)----> dead letters
-                                             KeyBySite -> JoinSites <-----------------+
-                                                  |
-                                             WriteSiteFeatures -> features/<plate>/<well>-<site>.parquet
+                                                  | (site info, the site's crops (N, box, box, C))
+                          RunInference(SiteModelHandler(FeatureModelHandler))
+                          sites batched up to profile.batch_size cells
+                                                  | (site info, vectors (N, D)) --(failed)--> UnpublishSites
+                                             WriteSiteFeatures -> features/<plate>/<well>-<site>.parquet     -> dead letters
                                                   | counts
                                              WriteRunRecord -> features/_manifest.json, _runs/<index>.json
+
+A site travels as one element, its crops together: its vectors come back
+together, so its file is written straight after the model, in the same fused
+step, without a shuffle to join cells to their sites. (Cells as elements, joined
+by a CoGroupByKey, kept every worker's share of Parquet writing for a serial
+step after the last inference; the 4-plate benchmark's profile spent ~2 of its
+~7.5 s per 3 plates there, on one core.)
 
 A site is committed when its Parquet file is renamed into place; a re-run skips
 committed sites unless ``--overwrite``, deciding per plate on the workers (one
@@ -67,8 +72,18 @@ NO_CELLS = "no-cells"  # dead-letter stage that reports, but does not fail the r
 _CHECKED_MODELS: dict[FeatureModelSpec, Any] = {}
 
 
+def cells_in(element: np.ndarray | tuple[Any, np.ndarray]) -> int:
+    """How many crops a site's element carries: RunInference batches sites by cells."""
+    crops = element[1] if isinstance(element, tuple) else element
+    return len(crops)
+
+
 class FeatureModelHandler(ModelHandler[np.ndarray, np.ndarray, Any]):
-    """Crops -> feature vectors with our Keras feature model.
+    """Sites' crop stacks -> their feature vectors with our Keras feature model.
+
+    Each element is one site's crops, (N, box, box, C); a batch holds whole sites, up to
+    ``batch_size`` crops unless one site alone has more. The engine runs the batch's crops together
+    (in its own parts: ``dpcore.inference_engines``) and each site gets its (N, D) vectors back.
 
     Our own handler rather than Beam's ``TFModelHandlerNumpy``: the model is
     built from the zoo and weights are loaded by layer name (DeepProfiler's
@@ -93,12 +108,15 @@ class FeatureModelHandler(ModelHandler[np.ndarray, np.ndarray, Any]):
         return predictor(model, self.batch_size, self.engine, self.spec.acceleration, self.cpu_share)
 
     def run_inference(self, batch: Sequence[np.ndarray], model, inference_args=None) -> Iterable[np.ndarray]:
-        vectors = model(np.stack(batch))
-        inc_counter(NAMESPACE, "cells_inferred", len(batch))
-        return list(vectors)
+        if not batch:
+            return []
+        sizes = [len(crops) for crops in batch]
+        vectors = model(batch[0] if len(batch) == 1 else np.concatenate(batch))
+        inc_counter(NAMESPACE, "cells_inferred", sum(sizes))
+        return np.split(vectors, np.cumsum(sizes)[:-1])
 
     def batch_elements_kwargs(self) -> dict:
-        return {"min_batch_size": self.batch_size, "max_batch_size": self.batch_size}
+        return {"min_batch_size": self.batch_size, "max_batch_size": self.batch_size, "element_size_fn": cells_in}
 
     def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
         return sum(x.nbytes for x in batch)
@@ -107,19 +125,32 @@ class FeatureModelHandler(ModelHandler[np.ndarray, np.ndarray, Any]):
         return NAMESPACE
 
 
+class SiteModelHandler(KeyedModelHandler):
+    """Beam's KeyedModelHandler (the key: a site's ``SiteInfo``), which also takes an empty batch.
+
+    BatchElements sized by ``element_size_fn`` emits an empty batch when the first site of a batch has
+    more cells than the batch size (Beam 2.77, ``_GlobalWindowsBatchingDoFn.process``); KeyedModelHandler
+    would fail unpacking it.
+    """
+
+    def run_inference(self, batch, model, inference_args=None):
+        if not batch:
+            return []
+        return super().run_inference(batch, model, inference_args)
+
+
 @dataclass(frozen=True)
 class SiteInfo:
+    """What a site's Parquet file needs besides the vectors, carried through inference as the key."""
+
+    key: str
     metadata: tuple[tuple[str, str], ...]
     cell_indices: tuple[int, ...]
     centres: tuple[tuple[float, float], ...]
 
 
-def _cell_key(site: Site, cell: int) -> str:
-    return f"{site.plate}|{site.well}|{site.site}|{cell}"
-
-
 class CutCells(ReadAheadDoFn):
-    """Read a site, cut its cells; emit keyed crops and, once, the site's description.
+    """Read a site, cut its cells; emit (the site's description, its crops).
 
     Images in an object store are read ahead (``ReadAheadDoFn``) while earlier sites are cut and run
     through the model. A site that yields no features in this run has its earlier feature file
@@ -150,12 +181,7 @@ class CutCells(ReadAheadDoFn):
             yield from self._emit(site, cut)
 
     def _unpublish(self, site: Site, reason: str) -> str:
-        stale = features.site_file(self.source.layout.features_dir, site.plate, site.well, site.site)
-        if not stale.exists():
-            return reason
-        stale.remove()
-        inc_counter(NAMESPACE, "stale_sites_removed")
-        return f"{reason} (its features from an earlier run were removed)"
+        return unpublish(self.source.layout, site.key, reason)
 
     def _emit(self, site: Site, cut) -> Iterator:
         kept = [int(i) for i in cut.batch.kept]
@@ -166,46 +192,60 @@ class CutCells(ReadAheadDoFn):
         else:
             inc_counter(NAMESPACE, "sites_read")
             inc_counter(NAMESPACE, "cells_cut", len(kept))
-            yield beam.pvalue.TaggedOutput("sites", (site.key, SiteInfo(
-                site.metadata, tuple(kept), tuple((float(x), float(y)) for x, y in cut.centres[kept]))))
-            for crop, cell in zip(cut.batch.crops, kept):
-                yield _cell_key(site, cell), crop
+            info = SiteInfo(site.key, site.metadata, tuple(kept),
+                            tuple((float(x), float(y)) for x, y in cut.centres[kept]))
+            yield info, cut.batch.crops
 
 
-def _by_site(element: tuple[str, np.ndarray]) -> tuple[str, tuple[int, np.ndarray]]:
-    key, vector = element
-    plate, well, site, cell = key.split("|")
-    return f"{plate}/{well}-{site}", (int(cell), np.asarray(vector, dtype=np.float32))
+def unpublish(layout: ProjectLayout, site_key: str, reason: str) -> str:
+    """A site that failed in this run loses the feature file an earlier run left: it would pass as current.
+    Returns the failure's reason, saying so when a file was removed."""
+    plate, well, site = features.split_site_key(site_key)
+    stale = features.site_file(layout.features_dir, plate, well, site)
+    if not stale.exists():
+        return reason
+    stale.remove()
+    inc_counter(NAMESPACE, "stale_sites_removed")
+    return f"{reason} (its features from an earlier run were removed)"
 
 
-def _failed_batch(element) -> Iterator[dict]:
-    batch, error = element
-    for key, _ in batch:
-        yield failure("inference", key.replace("|", "/", 1), f"{type(error).__name__}: {error}")
+class UnpublishFailedInference(beam.DoFn):
+    """A batch the model failed on -> one failure per site in it; their earlier files go."""
+
+    def __init__(self, layout: ProjectLayout):
+        self.layout = layout
+
+    def process(self, element) -> Iterator[dict]:
+        batch, error = element
+        inc_counter(NAMESPACE, "sites_failed", len(batch))
+        for info, _ in batch:
+            yield failure("inference", info.key, unpublish(self.layout, info.key, error_text(error)))
+
+
+def error_text(error) -> str:
+    """``Type: message`` of what Beam's exception handling passes on: (type, repr, formatted traceback)."""
+    if isinstance(error, tuple) and len(error) == 3 and error[2]:
+        return str(error[2][-1]).strip()
+    if isinstance(error, BaseException):
+        return f"{type(error).__name__}: {error}"
+    return str(error)
 
 
 class WriteSiteFeatures(beam.DoFn):
+    """(site info, vectors) -> the site's Parquet file, committed when it is renamed into place."""
+
     def __init__(self, layout: ProjectLayout, model_name: str):
         self.layout = layout
         self.model_name = model_name
 
-    def process(self, element) -> Iterator[tuple[str, int]]:
-        key, grouped = element
-        infos, vectors = list(grouped["info"]), sorted(grouped["vectors"], key=lambda cv: cv[0])
-        # No vectors: every cell of the site failed inference, which the dead letter reports.
-        if infos and vectors:
-            yield self._write(key, infos[0], vectors)
-
-    def _write(self, key: str, info: SiteInfo, vectors: list) -> tuple[str, int]:
-        by_cell = dict(vectors)
-        cells = [c for c in info.cell_indices if c in by_cell]
-        centres = np.array([xy for c, xy in zip(info.cell_indices, info.centres) if c in by_cell])
-        table = feature_table(dict(info.metadata), self.model_name, np.array(cells), centres,
-                              np.stack([by_cell[c] for c in cells]))
-        plate, well, site = features.split_site_key(key)
-        features.site_file(self.layout.features_dir, plate, well, site).write_bytes(feature_parquet(table))  # committed
+    def process(self, element: tuple[SiteInfo, np.ndarray]) -> Iterator[tuple[str, int]]:
+        info, vectors = element
+        table = feature_table(dict(info.metadata), self.model_name, np.array(info.cell_indices),
+                              np.array(info.centres), vectors)
+        plate, well, site = features.split_site_key(info.key)
+        features.site_file(self.layout.features_dir, plate, well, site).write_bytes(feature_parquet(table))
         inc_counter(NAMESPACE, "sites_written")
-        return key, len(cells)
+        yield info.key, len(info.cell_indices)
 
 
 class SitesToDo(beam.DoFn):
@@ -290,20 +330,18 @@ class ProfileSites(beam.PTransform):
         cut = (
             todo.sites
             | "SpreadSites" >> beam.Reshuffle()
-            | "CutCells" >> beam.ParDo(CutCells(self.source)).with_outputs("failed", "sites", main="crops")
+            | "CutCells" >> beam.ParDo(CutCells(self.source)).with_outputs("failed", main="crops")
         )
-        handler = KeyedModelHandler(self.model_handler or FeatureModelHandler(
+        handler = SiteModelHandler(self.model_handler or FeatureModelHandler(
             self.spec, self.batch_size, self.engine, self.cpu_share))
         inference = RunInference(handler).with_exception_handling()
         if self.accelerator:
             inference = inference.with_resource_hints(accelerator=self.accelerator)
         inferred, dead = cut.crops | "RunInference" >> inference
-        failed_inference = dead.failed_inferences | "InferenceFailures" >> beam.FlatMap(_failed_batch)
-        written = (
-            {"info": cut.sites, "vectors": inferred | "KeyBySite" >> beam.Map(_by_site)}
-            | "JoinSites" >> beam.CoGroupByKey()
-            | "WriteSiteFeatures" >> beam.ParDo(WriteSiteFeatures(self.source.layout, self.spec.model_name))
-        )
+        failed_inference = dead.failed_inferences | "InferenceFailures" >> beam.ParDo(
+            UnpublishFailedInference(self.source.layout))
+        written = inferred | "WriteSiteFeatures" >> beam.ParDo(
+            WriteSiteFeatures(self.source.layout, self.spec.model_name))
         failed = (read["failed"], cut.failed, failed_inference) | "AllFailures" >> beam.Flatten()
         # A side input of the run record only to order them: when the record appears, the failure file is final.
         dead_letters = failed | "DeadLetters" >> WriteDeadLetters(self.failures_file)

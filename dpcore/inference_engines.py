@@ -1,11 +1,11 @@
 """Which runtime executes profile's network: TensorFlow or OpenVINO (``dpbeam profile --inference-engine``).
 
-Both run the same frozen graph (``dpcore.models.frozen_concrete_function``: the Keras model traced for the
-fixed batch, weights as constants), in float32, so they give the same features to float32 rounding
+Both run the same frozen graph (``dpcore.models.frozen_concrete_function``: the Keras model traced, weights
+as constants), in float32, so they give the same features to float32 rounding
 (tests/test_inference_engines.py: within 1e-5 of the largest feature for every model of the zoo). On a CPU,
-OpenVINO's CPU plugin runs it 1.4-1.8x faster than TensorFlow (``bench/bench_model.py``, EfficientNet-B0 cut
-at ``block6a_activation``, batch 32, 2 cores, 2026-12-02: 903 against 513 cells/s; Keras' ``predict_on_batch``
-451), the whole profile stage 1.1-1.2x. On GPUs, and for ``--xla`` or ``--precision`` other than float32
+OpenVINO's CPU plugin runs it 1.4-1.8x faster than TensorFlow at batch 32 (``bench/bench_model.py``,
+EfficientNet-B0 cut at ``block6a_activation``, 2 cores, 2026-12-02: 903 against 513 cells/s; Keras'
+``predict_on_batch`` 451) and faster still in its parts of 8 (``OPENVINO_CPU_PART``). On GPUs, and for ``--xla`` or ``--precision`` other than float32
 (TensorFlow's options), TensorFlow runs it.
 
 - ``auto`` (default): OpenVINO where the worker sees no GPU and the run is float32 without XLA, else
@@ -49,6 +49,12 @@ from dpcore.acceleration import Acceleration
 logger = logging.getLogger(__name__)
 
 ENGINES = ("auto", "tensorflow", "openvino")
+# OpenVINO on a CPU runs each call's crops this many at a time, whatever the call's size (profile.batch_size):
+# a small part's activations stay in the cores' caches. EfficientNet-B0 to block6a_activation, box 128, 2 cores
+# (2026-12-02): one stream 1,014 / 1,083 / 1,072 / 1,093 / 1,051 / 955 cells/s at parts of 1 / 2 / 4 / 8 / 16 /
+# 32; two streams called by two threads 1,111 at 8 against 803 at 32. TensorFlow is the other way round (483
+# at 8, 613 at 32) and keeps the call's size. Features do not depend on it (tests/test_inference_engines.py).
+OPENVINO_CPU_PART = 8
 OPENVINO_CPU_SETTINGS = {
     "INFERENCE_PRECISION_HINT": "f32",
     "PERFORMANCE_HINT": "LATENCY",
@@ -143,13 +149,15 @@ def predictor(model: Any, batch_size: int, engine: str = "auto",
 
 
 def openvino_predictor(model: Any, batch_size: int, share: CpuShare = WHOLE_PROCESS) -> Predictor:
-    """The Keras ``model`` frozen, read by OpenVINO's TensorFlow front end and compiled for the CPU."""
+    """The Keras ``model`` frozen, read by OpenVINO's TensorFlow front end and compiled for the CPU, for
+    parts of ``OPENVINO_CPU_PART`` crops (fewer if ``batch_size`` is smaller)."""
     import openvino  # noqa: PLC0415
     from openvino.frontend import FrontEndManager  # noqa: PLC0415
 
     from dpcore import models  # noqa: PLC0415
 
-    shape = (batch_size,) + tuple(model.input.shape[1:])
+    part = min(batch_size, OPENVINO_CPU_PART)
+    shape = (part,) + tuple(model.input.shape[1:])
     graph = models.frozen_concrete_function(model, shape).graph.as_graph_def()
     settings = dict(OPENVINO_CPU_SETTINGS)
     if share.threads:
@@ -168,15 +176,15 @@ def openvino_predictor(model: Any, batch_size: int, share: CpuShare = WHOLE_PROC
     for _ in range(int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))):
         requests.put(compiled.create_infer_request())
 
-    def run_batch(part: np.ndarray) -> np.ndarray:
+    def run_batch(crops: np.ndarray) -> np.ndarray:
         request = requests.get()
         try:
             # Outputs are copied out of the request (share_outputs defaults to False): the next call reuses it.
-            return request.infer({0: part})[0]
+            return request.infer({0: crops})[0]
         finally:
             requests.put(request)
 
     used = (compiled.get_property("INFERENCE_NUM_THREADS"), compiled.get_property("NUM_STREAMS"))
     return Predictor("openvino", f"OpenVINO {openvino.get_version()} on the CPU (float32, {used[0]} threads, "
-                                 f"{used[1]} stream(s))",
-                     lambda batch: models.in_fixed_batches(run_batch, batch, batch_size))
+                                 f"{used[1]} stream(s), {part} crops at a time)",
+                     lambda batch: models.in_fixed_batches(run_batch, batch, part))

@@ -21,7 +21,8 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_pipelines.index import ReadSites
-from beam_pipelines.profile import ProfileSites
+from beam_pipelines.dead_letter import read_failures
+from beam_pipelines.profile import FeatureModelHandler, ProfileSites, cells_in
 from dpcore import features
 from dpcore.config import parse_config
 from dpcore.layout import ProjectLayout
@@ -55,13 +56,16 @@ def test_read_sites_keeps_the_first_line_of_a_duplicate_and_reports_the_others(t
 
 
 class MeanPerChannel(ModelHandler):
-    """A fake model: a cell's 'features' are its crop's mean per channel."""
+    """A fake model: a cell's 'features' are its crop's mean per channel; each element is a site's crops."""
 
     def load_model(self):
         return None
 
     def run_inference(self, batch: Sequence[np.ndarray], model, inference_args=None) -> Iterable[np.ndarray]:
-        return [crop.mean(axis=(0, 1)) for crop in batch]
+        return [crops.mean(axis=(1, 2)) for crops in batch]
+
+    def batch_elements_kwargs(self) -> dict:  # profile's: up to 7 cells a batch, so every site is alone in one
+        return {"min_batch_size": 7, "max_batch_size": 7, "element_size_fn": cells_in}
 
 
 @pytest.fixture()
@@ -79,17 +83,31 @@ def two_sites(tmp_path, example_config_dict):
     return root, layout, CellSource.from_config(layout, config)
 
 
-def _profile(layout: ProjectLayout, source: CellSource, overwrite: bool = False) -> list:
+class FailsOnSitesOf(MeanPerChannel):
+    """The fake model, failing on a batch holding a site of exactly ``cells`` cells."""
+
+    def __init__(self, cells: int):
+        super().__init__()
+        self.cells = cells
+
+    def run_inference(self, batch: Sequence[np.ndarray], model, inference_args=None) -> Iterable[np.ndarray]:
+        if any(len(crops) == self.cells for crops in batch):
+            raise RuntimeError("the accelerator ran out of memory")
+        return super().run_inference(batch, model, inference_args)
+
+
+def _profile(layout: ProjectLayout, source: CellSource, overwrite: bool = False,
+             handler: ModelHandler | None = None) -> list:
     spec = FeatureModelSpec("fake", 0, "none", (32, 32, 5))
     with TestPipeline() as pipeline:
         out = pipeline | ProfileSites(source, spec, 7, str(layout.index_file), overwrite,
                                       layout.features_dir / "_failed/test.jsonl", {"model": "fake"},
-                                      model_handler=MeanPerChannel())
+                                      model_handler=handler or MeanPerChannel())
         assert_that(out | beam.Map(lambda record: record["index"]), equal_to([str(layout.index_file)]))
     return [json.loads((layout.features_dir / "_runs/index.json").read_text())]
 
 
-def test_profile_joins_each_cells_vector_to_its_site_and_commits_a_run_record(two_sites):
+def test_profile_writes_each_cells_vector_in_its_site_and_commits_a_run_record(two_sites):
     root, layout, source = two_sites
     (record,) = _profile(layout, source)
     assert record["sites_written"] == 2 and record["sites_committed_earlier"] == 0
@@ -121,6 +139,41 @@ def test_profile_resume_is_decided_per_plate_on_the_workers(two_sites):
     assert features.committed_in_plate(layout.features_dir, "20585") == {"20585/A01-1", "20585/A13-1"}
     (record,) = _profile(layout, source, overwrite=True)
     assert (record["sites_written"], record["sites_committed_earlier"]) == (2, 0)
+
+
+def test_a_site_the_model_fails_on_goes_to_the_dead_letters_and_loses_its_earlier_file(two_sites):
+    root, layout, source = two_sites
+    _profile(layout, source)
+    failing = root / "outputs/results/features/20585/A13-1.parquet"
+    written = root / "outputs/results/features/20585/A01-1.parquet"
+    cells = len(pd.read_csv(root / "inputs/locations/20585/A13-1-Nuclei.csv"))
+    assert cells != len(pd.read_csv(root / "inputs/locations/20585/A01-1-Nuclei.csv"))
+    (record,) = _profile(layout, source, overwrite=True, handler=FailsOnSitesOf(cells))
+    assert (record["sites_written"], record["failure_records"], record["sites_committed"]) == (1, 1, 1)
+    assert written.exists() and not failing.exists()  # the earlier run's file would pass as this run's
+    (failure,) = read_failures(layout.features_dir / "_failed/test.jsonl")
+    assert failure["stage"] == "inference" and failure["item"] == "20585/A13-1"
+    assert failure["reason"] == ("RuntimeError: the accelerator ran out of memory "
+                                 "(its features from an earlier run were removed)")
+
+
+def test_profiles_handler_gives_each_site_of_a_batch_its_own_vectors():
+    handler = FeatureModelHandler(FeatureModelSpec("fake", 0, "none", (4, 4, 2)), batch_size=8)
+    sites = [np.full((count, 4, 4, 2), value, np.float32) for count, value in ((3, 1.0), (1, 2.0), (9, 3.0))]
+    calls = []
+
+    def model(crops: np.ndarray) -> np.ndarray:  # a cell's vector: its crop's mean per channel
+        calls.append(len(crops))
+        return crops.mean(axis=(1, 2))
+
+    vectors = list(handler.run_inference(sites, model))
+    assert calls == [13]  # the batch's sites in one call: the engine splits it in its own parts
+    assert [v.shape for v in vectors] == [(3, 2), (1, 2), (9, 2)]
+    for site, value in zip(vectors, (1.0, 2.0, 3.0)):
+        np.testing.assert_array_equal(site, value)
+    assert list(handler.run_inference([], model)) == [] and calls == [13]
+    assert handler.batch_elements_kwargs()["element_size_fn"] is cells_in
+    assert cells_in(sites[2]) == cells_in(("site info", sites[2])) == 9
 
 
 def _record(split: str, index: int, cells: dict, missing: list[str], samples: list) -> ShardRecord:
