@@ -23,6 +23,9 @@ process, with its default options (one worker thread per core on the DirectRunne
   ``--cores 1``, the same 4-plate replica); DeepProfiler cannot be installed here (it pins TF 2.5 and is
   not on PyPI), so they are quoted, not re-measured, and, for a machine of another speed, also scaled by
   the ratio of this run's limits to that machine's ("scaled": an estimate, see DEEPPROFILER_MACHINE_LIMITS);
+- for profile, also DeepProfiler's per-site profile steps re-enacted in this run on its own libraries (TF
+  2.15, Keras 2, efficientnet 1.1.1, in a side environment) on the many-plate project ("DP here",
+  ``bench/bench_deepprofiler.py``): a baseline measured beside profile, no faster than DeepProfiler itself;
 - peak resident memory of the command and of its largest worker process.
 
 Numbers go to stdout and ``bench/results/all.json``.
@@ -44,6 +47,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.bench_deepprofiler import deepprofiler as deepprofiler_here  # noqa: E402
 from bench.bench_scale import MemorySampler, replicate  # noqa: E402
 
 CONFIG = "bench.json"
@@ -174,28 +178,36 @@ def main() -> None:
         print("profile's network on crops in memory ...", flush=True)
         model = profile_limits()
         limits["profile"] = model["predict_on_batch"]
+        print("DeepProfiler's profile steps on its own libraries (bench/bench_deepprofiler.py) ...", flush=True)
+        here = deepprofiler_here(16, args.repeats, many, CONFIG)
+        here_rate = max(here["stage"])
 
     print(f"\n{args.plates} plates vs 1 ({work[many][0]} vs {work[one][0]} sites, {work[many][1]} vs {work[one][1]} "
           f"cells), {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
     print(f"{'stage':<10} {'options':<28} {'unit':<8} {'marginal':>9} {'(pairs)':>15} {'limit':>7} {'ratio':>6} "
-          f"{'vs DP':>6} {'scaled':>6} {'start s':>8} {'DP start':>8} {'peak MB':>8} {'worker MB':>9}")
+          f"{'vs DP':>6} {'scaled':>6} {'DP here':>7} {'start s':>8} {'DP start':>8} {'peak MB':>8} {'worker MB':>9}")
     for row in rows:
         stage, dp_rate, dp_start = row["stage"], *DEEPPROFILER[row["stage"]]
         spread = f"{min(row['rates']):.1f}-{max(row['rates']):.1f}"
+        here_ratio = f"{row['rate'] / here_rate:.2f}" if stage == "profile" else "-"
         print(f"{stage:<10} {row['variant']:<28} {row['unit']:<8} {row['rate']:>9.1f} {spread:>15} "
               f"{limits[stage]:>7.1f} {row['rate'] / limits[stage]:>6.2f} {row['rate'] / dp_rate:>6.2f} "
               f"{row['rate'] / (dp_rate * limits[stage] / DEEPPROFILER_MACHINE_LIMITS[stage]):>6.2f} "
+              f"{here_ratio:>7} "
               f"{row['startup_s']:>8.1f} {dp_start:>8.1f} {row['launcher_mb']:>8.0f} {row['worker_mb']:>9.0f}")
     print("\nlimits: prepare and export-sc = plain numpy loop in one process; profile = Keras predict_on_batch, "
           f"batch {BATCH}, crops in memory (the frozen graph profile runs: {model['OpenVINO']:.1f} cells/s on "
           f"OpenVINO, its default on CPUs, {model['frozen graph']:.1f} on TensorFlow)")
     print("DP = DeepProfiler 0.3.1, issue #13's measurements on the project's first machine kind (not re-measured "
           "here); scaled = its rates times this run's limits over that machine's (DEEPPROFILER_MACHINE_LIMITS)")
+    print(f"DP here = profile's rate over DeepProfiler's per-site profile steps re-enacted in this run with its "
+          f"libraries (TF {here['tensorflow']}, Keras 2, efficientnet 1.1.1) on the {args.plates}-plate project: "
+          f"{here_rate:.1f} cells/s (its network call alone {max(here['network']):.1f}); bench/bench_deepprofiler.py")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
                                      "plates": args.plates, "work": {"one": work[one], "many": work[many]},
                                      "limits": limits, "model": model, "rows": rows,
-                                     "deepprofiler": DEEPPROFILER,
+                                     "deepprofiler": DEEPPROFILER, "deepprofiler_here": here,
                                      "deepprofiler_machine_limits": DEEPPROFILER_MACHINE_LIMITS}, indent=1))
 
 

@@ -33,7 +33,8 @@ def _compiled(box_size: int, masked: bool):
                 cropped = tf.image.crop_and_resize(labels[None, :, :, None], boxes, indices, (box_size, box_size))
                 crops = crops * tf.cast(tf.equal(cropped, ids[:, None, None, None]), tf.float32)
             finite = tf.reduce_all(tf.math.is_finite(crops), axis=(1, 2, 3))
-            crops = tf.boolean_mask(crops, finite)
+            # Crops with NaN are normalised too and dropped by the caller, which rarely has any to drop:
+            # a boolean_mask here copied every site's crops (~3 of ~30 ms a site of 67 cells, 1 thread).
             low = tf.reduce_min(crops, axis=(1, 2), keepdims=True)
             high = tf.reduce_max(crops, axis=(1, 2), keepdims=True)
             return (crops - low) / (high - low + NORMALISATION_EPSILON), finite
@@ -58,5 +59,5 @@ def cut_crops(image: np.ndarray, boxes: np.ndarray, box_size: int, labels: np.nd
         tf.convert_to_tensor(labels if masked else np.zeros((1, 1)), tf.float32),
         tf.convert_to_tensor(ids[inside] if masked else np.zeros(len(inside)), tf.float32))
     finite = finite.numpy()
-    return CropBatch(crops=crops.numpy(), kept=inside[finite], outside=int(outside.sum()),
-                     invalid=int((~finite).sum()))
+    crops = crops.numpy() if finite.all() else crops.numpy()[finite]
+    return CropBatch(crops=crops, kept=inside[finite], outside=int(outside.sum()), invalid=int((~finite).sum()))
