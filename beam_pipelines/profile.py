@@ -8,7 +8,7 @@
                                                   | (site info, the site's crops (N, box, box, C))
                           RunInference(SiteModelHandler(FeatureModelHandler))
                           sites batched up to profile.batch_size cells
-                                                  | (site info, vectors (N, D)) --(failed)--> UnpublishSites
+                                                  | (site info, vectors (N, D)) --(failed)--> UnpublishFailedInference
                                              WriteSiteFeatures -> features/<plate>/<well>-<site>.parquet     -> dead letters
                                                   | counts
                                              WriteRunRecord -> features/_manifest.json, _runs/<index>.json

@@ -6,12 +6,13 @@ EfficientNet-B0 at 128x128x5 cut at ``block6a_activation`` and mean-pooled (prof
 random weights, crops already in memory. Reports cells/s for:
 
 - ``predict_on_batch``: Keras 3's own call, what the profile issue calls "the limit";
-- ``tf.function`` (fixed batch), and the same graph frozen (weights as constants), what profile runs
-  (``dpcore.models.predict_function``);
+- ``tf.function`` (fixed batch), and the same graph frozen (weights as constants), what profile runs on
+  TensorFlow (``dpcore.models.predict_function``);
 - ``tf.function`` + XLA (``jit_compile=True``);
 - the frozen graph called from two threads at once (what profile's two default workers did on TensorFlow);
-- the same frozen graph on OpenVINO's CPU plugin (``dpcore.inference_engines``: profile's default on CPUs),
-  called from one thread, and from two at once with one stream or two (a stream per calling thread);
+- the same frozen graph on OpenVINO's CPU plugin (``dpcore.inference_engines``: profile's default on CPUs,
+  in parts of ``OPENVINO_CPU_PART`` crops), called from one thread, and from two at once with one stream or
+  two (a stream per calling thread);
 - the same graph with other batch sizes;
 - ``tf_keras`` (Keras 2, DeepProfiler's API) building the same backbone, when installed (``--tf-keras``);
 - with oneDNN off (``TF_ENABLE_ONEDNN_OPTS=0``, a child process: it must be set before TensorFlow loads).
@@ -83,10 +84,10 @@ def keras3_variants(crops: np.ndarray, batch: int) -> tuple[dict[str, float], ob
     traced = tf.function(lambda b: model(b, training=False), input_signature=signature)
     results["keras3 tf.function, fixed batch"] = rate(lambda b: traced(b).numpy(), crops, batch)
     frozen = models.predict_function(model, batch)
-    results["keras3 frozen graph, fixed batch (profile today)"] = rate(frozen, crops, batch)
+    results["keras3 frozen graph, calls of 32 (profile's TensorFlow engine)"] = rate(frozen, crops, batch)
     xla = tf.function(lambda b: model(b, training=False), input_signature=signature, jit_compile=True)
     results["keras3 tf.function + XLA"] = rate(lambda b: xla(b).numpy(), crops, batch)
-    results["keras3 frozen graph, fixed batch, 2 threads calling at once (profile's 2 workers)"] = \
+    results["keras3 frozen graph, 2 threads calling at once (profile's 2 workers on TensorFlow)"] = \
         concurrent_rate(frozen, crops, batch, threads=2)
     for other in (16, 64, 128):
         call = models.predict_function(model, other)
@@ -99,7 +100,7 @@ def openvino_variants(model, crops: np.ndarray, batch: int) -> dict[str, float]:
 
     call = openvino_predictor(model, batch)
     two_streams = openvino_predictor(model, batch, CpuShare(streams=2))
-    return {"OpenVINO, frozen graph, fixed batch (profile on CPUs, one worker)": rate(call, crops, batch),
+    return {"OpenVINO, frozen graph, parts of 8 (profile on CPUs, one worker)": rate(call, crops, batch),
             "OpenVINO, one stream, 2 threads calling at once": concurrent_rate(call, crops, batch, threads=2),
             "OpenVINO, 2 streams, 2 threads calling at once (profile's 2 default workers)":
                 concurrent_rate(two_streams, crops, batch, threads=2)}
@@ -123,7 +124,7 @@ def onednn_off(cells: int, batch: int) -> dict[str, float]:
                          env=env, capture_output=True, text=True, check=True).stdout
     child = json.loads(out.strip().splitlines()[-1])
     return {f"{name}, oneDNN off": value for name, value in child.items()
-            if name.startswith("keras3 frozen graph, fixed batch")}
+            if name.startswith("keras3 frozen graph") and ", batch " not in name}
 
 
 def main() -> None:
