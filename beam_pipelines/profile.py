@@ -130,13 +130,16 @@ class SiteModelHandler(KeyedModelHandler):
 
     BatchElements sized by ``element_size_fn`` emits an empty batch when the first site of a batch has
     more cells than the batch size (Beam 2.77, ``_GlobalWindowsBatchingDoFn.process``); KeyedModelHandler
-    would fail unpacking it.
+    would fail unpacking it, and RunInference would report a failed batch for every such site.
     """
 
     def run_inference(self, batch, model, inference_args=None):
         if not batch:
             return []
         return super().run_inference(batch, model, inference_args)
+
+    def get_num_bytes(self, batch) -> int:  # RunInference sizes every batch it ran, the empty one too
+        return super().get_num_bytes(batch) if batch else 0
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,13 @@ import apache_beam as beam
 import numpy as np
 import pandas as pd
 import pytest
-from apache_beam.ml.inference.base import ModelHandler
+from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_pipelines.index import ReadSites
 from beam_pipelines.dead_letter import read_failures
-from beam_pipelines.profile import FeatureModelHandler, ProfileSites, cells_in
+from beam_pipelines.profile import FeatureModelHandler, ProfileSites, SiteModelHandler, cells_in
 from dpcore import features
 from dpcore.config import parse_config
 from dpcore.layout import ProjectLayout
@@ -155,6 +155,18 @@ def test_a_site_the_model_fails_on_goes_to_the_dead_letters_and_loses_its_earlie
     assert failure["stage"] == "inference" and failure["item"] == "20585/A13-1"
     assert failure["reason"] == ("RuntimeError: the accelerator ran out of memory "
                                  "(its features from an earlier run were removed)")
+
+
+def test_a_site_larger_than_a_batch_is_inferred_without_a_failed_batch():
+    """Beam's BatchElements emits an empty batch before a first site of more cells than the batch size;
+    Beam's KeyedModelHandler would fail on it and RunInference report a failed batch."""
+    sites = [(f"P/A01-{i}", np.full((8 + i, 4, 4, 2), float(i), np.float32)) for i in range(1, 4)]
+    with TestPipeline() as pipeline:
+        inferred, dead = (pipeline | beam.Create(sites)
+                          | RunInference(SiteModelHandler(MeanPerChannel())).with_exception_handling())
+        assert_that(inferred | beam.Map(lambda kv: (kv[0], kv[1].shape, float(kv[1].max()))),
+                    equal_to([(f"P/A01-{i}", (8 + i, 2), float(i)) for i in range(1, 4)]), label="Vectors")
+        assert_that(dead.failed_inferences, equal_to([]), label="NoFailedBatch")
 
 
 def test_profiles_handler_gives_each_site_of_a_batch_its_own_vectors():
