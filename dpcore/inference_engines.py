@@ -5,8 +5,8 @@ as constants), in float32, so they give the same features to float32 rounding
 (tests/test_inference_engines.py: within 1e-5 of the largest feature for every model of the zoo). On a CPU,
 OpenVINO's CPU plugin runs it 1.4-1.8x faster than TensorFlow at batch 32 (``bench/bench_model.py``,
 EfficientNet-B0 cut at ``block6a_activation``, 2 cores, 2026-12-02: 903 against 513 cells/s; Keras'
-``predict_on_batch`` 451) and faster still in its parts of 8 (``OPENVINO_CPU_PART``). On GPUs, and for ``--xla`` or ``--precision`` other than float32
-(TensorFlow's options), TensorFlow runs it.
+``predict_on_batch`` 451) and faster still in its parts of 8 (``OPENVINO_CPU_PART``). On GPUs, and for
+``--xla`` or ``--precision`` other than float32 (TensorFlow's options), TensorFlow runs it.
 
 - ``auto`` (default): OpenVINO where the worker sees no GPU and the run is float32 without XLA, else
   TensorFlow. Decided on each worker when it loads the model: the launcher cannot see a remote worker's GPUs.
@@ -187,4 +187,4 @@ def openvino_predictor(model: Any, batch_size: int, share: CpuShare = WHOLE_PROC
     used = (compiled.get_property("INFERENCE_NUM_THREADS"), compiled.get_property("NUM_STREAMS"))
     return Predictor("openvino", f"OpenVINO {openvino.get_version()} on the CPU (float32, {used[0]} threads, "
                                  f"{used[1]} stream(s), {part} crops at a time)",
-                     lambda batch: models.in_fixed_batches(run_batch, batch, part))
+                     lambda batch: models.in_parts(run_batch, batch, part, pad=True))

@@ -228,32 +228,25 @@ def predict_function(model: keras.Model, batch_size: int | None = None,
     if batch_size is None:
         return run
     if fixed:
-        return lambda batch: in_fixed_batches(run, batch, batch_size)
+        return lambda batch: in_parts(run, batch, batch_size, pad=True)
     return lambda batch: in_parts(run, batch, batch_size)
 
 
-def in_parts(run_part: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, part_size: int) -> np.ndarray:
-    """``run_part`` over ``batch`` in parts of ``part_size`` rows, the last one as it is."""
-    batch = np.asarray(batch, dtype=np.float32)
-    if len(batch) <= part_size:
-        return run_part(np.ascontiguousarray(batch))
-    return np.concatenate([run_part(np.ascontiguousarray(batch[start:start + part_size]))
-                           for start in range(0, len(batch), part_size)])
-
-
-def in_fixed_batches(run_batch: Callable[[np.ndarray], np.ndarray], batch: np.ndarray,
-                     batch_size: int) -> np.ndarray:
-    """``run_batch`` over ``batch`` in parts of exactly ``batch_size`` rows: the last part is padded with
-    zeros and the padding's outputs dropped (one input shape, so one compiled graph)."""
+def in_parts(run_part: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, part_size: int,
+             pad: bool = False) -> np.ndarray:
+    """``run_part`` over ``batch`` in parts of ``part_size`` rows. The last part runs as it is, or, with
+    ``pad`` (a graph compiled for one input shape), filled up with zeros whose outputs are dropped."""
     batch = np.asarray(batch, dtype=np.float32)
     outputs = []
-    for start in range(0, len(batch), batch_size):
-        part = batch[start:start + batch_size]
-        if len(part) < batch_size:
-            padded = np.zeros((batch_size,) + part.shape[1:], np.float32)
+    for start in range(0, len(batch), part_size):
+        part = batch[start:start + part_size]
+        if pad and len(part) < part_size:
+            padded = np.zeros((part_size,) + part.shape[1:], np.float32)
             padded[: len(part)] = part
             part = padded
-        outputs.append(run_batch(np.ascontiguousarray(part))[: len(batch) - start])
+        outputs.append(run_part(np.ascontiguousarray(part))[: len(batch) - start])
+    if len(outputs) == 1:
+        return outputs[0]
     return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
 
 
