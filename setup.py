@@ -33,6 +33,9 @@ INSTALL_REQUIRES = [
     # TensorFlow with the same float32 features (dpcore/inference_engines.py; TensorFlow stays for GPUs).
     "openvino>=2025.0",
     "isal>=1.6",  # deflate for prepare's PNGs: Intel ISA-L, ~10x Pillow's PNG encoder at the same size
+    # The crop kernel (dpcore/crop_kernel.py): cutting and normalising a site's cells in one compiled pass
+    # in cache, ~2.8x TensorFlow's crop_and_resize + normalisation, and the reference's bits.
+    "numba>=0.61",
     # The field's own libraries for the steps after profiling (aggregate, evaluate): pycytominer's
     # normalize / feature_select / consensus and copairs' mAP are what Cell Painting papers report, so
     # dpbeam calls them rather than re-deriving their definitions.

@@ -489,6 +489,10 @@ def build(pipeline: beam.Pipeline, settings: ExportSettings) -> None:
 
 def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     config = context.load_config("export-sc")
+    from dpcore.crop_kernel import warm_up_in_background  # noqa: PLC0415 -- numba loads where cells are cut
+
+    # The crop kernel loads while the index is planned: compressed PNGs are 8-bit, raw microscopy mostly 16-bit.
+    warm_up_in_background(np.uint8 if config.prepare.compression.implement else np.uint16)
     context = context.with_config_paths(config)
     settings = plan(context.layout, config, context.layout.index_file, args.format, "GZIP" if args.gzip else "",
                     args.shard_mb)

@@ -477,6 +477,10 @@ def _progress(layout: ProjectLayout, scan, overwrite: bool) -> OutputProgress:
 
 def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     config = context.load_config("profile")
+    from dpcore.crop_kernel import warm_up_in_background  # noqa: PLC0415 -- numba loads where cells are cut
+
+    # The crop kernel loads while the model is built: compressed PNGs are 8-bit, raw microscopy mostly 16-bit.
+    warm_up_in_background(np.uint8 if config.prepare.compression.implement else np.uint16)
     context = context.with_config_paths(config)
     context.select_gpu()
     layout = context.layout
@@ -495,7 +499,7 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
 
 def _profile(config: Config, layout: ProjectLayout, beam_args: tuple[str, ...], args: argparse.Namespace,
              emit, scan, cpu_share: CpuShare) -> int:
-    source = replace(CellSource.from_config(layout, config), crop_engine="tensorflow")
+    source = CellSource.from_config(layout, config)
     batch_size, acceleration = acceleration_options(args, config.profile.batch_size, "profile.batch_size")
     engine = getattr(args, "inference_engine", "auto")
     try:

@@ -1,11 +1,13 @@
-"""Single-cell crops, exactly as DeepProfiler cuts them, in numpy.
+"""Single-cell crops, exactly as DeepProfiler cuts them.
 
 DeepProfiler builds boxes of ``box_size`` around each nucleus centre, normalises
 them by the image size and cuts them with ``tf.image.crop_and_resize``
 (bilinear, zero outside the image). :func:`crop_and_resize` reproduces that op
-(same sampling grid, same interpolation, same extrapolation) so export and
-profiling need no TensorFlow session; tests compare it with TF itself.
-Crops are then min-max normalised per crop and per channel.
+in numpy (same sampling grid, same interpolation, same extrapolation); tests
+compare it with TF itself. Crops are then min-max normalised per crop and per
+channel (:func:`normalise_crops`). These two are the reference; export-sc and
+profile cut with :func:`cut_crops`, which runs the same arithmetic compiled
+(``dpcore.crop_kernel``) and gives the same bits (tests/test_crops.py).
 """
 
 from __future__ import annotations
@@ -143,12 +145,27 @@ def object_ids(labels: np.ndarray, centres: np.ndarray) -> np.ndarray:
 
 def cut_crops(image: np.ndarray, boxes: np.ndarray, box_size: int, labels: np.ndarray | None = None,
               ids: np.ndarray | None = None) -> CropBatch:
-    """Crop, drop what DeepProfiler could not use, normalise. ``image`` is ``(H, W, C)``.
+    """Crop, drop what DeepProfiler could not use, normalise. ``image`` is ``(H, W, C)``, of any numeric type.
 
     With an outline label image (``labels``, same size) and each cell's object id, every crop
     keeps only its own object's pixels (``mask_objects``): the label image is cropped with the
     same box and pixels whose label differs from the cell's id become 0 before normalisation.
+    The compiled kernel (``dpcore.crop_kernel``); :func:`cut_crops_reference` is the same in numpy.
     """
+    from dpcore.crop_kernel import cut_and_normalise  # noqa: PLC0415 -- numba loads where cells are cut
+
+    outside = boxes_outside(boxes)
+    inside = np.flatnonzero(~outside)
+    crops, finite = cut_and_normalise(image, boxes[inside], box_size, NORMALISATION_EPSILON, labels,
+                                      ids[inside] if labels is not None else None)
+    if not finite.all():
+        crops = crops[finite]
+    return CropBatch(crops=crops, kept=inside[finite], outside=int(outside.sum()), invalid=int((~finite).sum()))
+
+
+def cut_crops_reference(image: np.ndarray, boxes: np.ndarray, box_size: int, labels: np.ndarray | None = None,
+                        ids: np.ndarray | None = None) -> CropBatch:
+    """:func:`cut_crops` in numpy: :func:`crop_and_resize`, the mask, :func:`normalise_crops`."""
     outside = boxes_outside(boxes)
     inside = np.flatnonzero(~outside)
     crops = crop_and_resize(image, boxes[inside], box_size) if inside.size else np.zeros(

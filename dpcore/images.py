@@ -1,4 +1,4 @@
-"""Reading microscopy images (TIFF with tifffile, PNG with Pillow) and writing PNGs.
+"""Reading microscopy images (TIFF with tifffile, PNG with Pillow or our own decoder) and writing PNGs.
 
 tensorflow-io cannot serve this stack (its ops do not load under TF >= 2.20 and
 its ``decode_tiff`` returns 8-bit RGBA), so TIFFs are decoded with tifffile,
@@ -36,9 +36,11 @@ def decode_image(data: bytes, source: str) -> np.ndarray:
         if data[:4] in _TIFF_MAGIC:
             array = tifffile.imread(io.BytesIO(data), key=0)
         elif data[:8] == _PNG_MAGIC:
-            with Image.open(io.BytesIO(data)) as image:
-                image.load()
-                array = np.asarray(image)
+            array = decode_plain_png(data, source)
+            if array is None:
+                with Image.open(io.BytesIO(data)) as image:
+                    image.load()
+                    array = np.asarray(image)
         else:
             raise ImageReadError(f"{source}: not a TIFF or PNG file (starts with {data[:8]!r})")
     except ImageReadError:
@@ -54,6 +56,66 @@ def decode_image(data: bytes, source: str) -> np.ndarray:
     if array.ndim != 2:
         raise ImageReadError(f"{source}: expected a single-channel image, got shape {array.shape}")
     return array
+
+
+_PNG_FILTER_NONE = 0
+_PNG_FILTER_UP = 2
+_PNG_CHUNKS_DECODED = (b"IHDR", b"IDAT", b"IEND")
+
+
+def decode_plain_png(data: bytes, source: str) -> np.ndarray | None:
+    """The greyscale PNGs :func:`encode_png` writes, decoded without Pillow; None for any other PNG.
+
+    export-sc and profile read five of prepare's PNGs per site; Pillow took ~1.9 ms per 696x520 channel,
+    this ~1.2 ms (2026-12-02): ISA-L inflates faster than zlib, and undoing the "Up" filter of every row is
+    one cumulative sum down the columns, modulo 256. Anything else, a PNG with other filters (Pillow's and
+    DeepProfiler's choose one per row), a palette, interlacing or extra chunks, is left to Pillow. Chunk
+    CRCs and the stream's Adler-32 are checked, so a damaged file fails as it does in Pillow.
+    """
+    header = None
+    compressed = []
+    position = len(_PNG_MAGIC)
+    while True:
+        if position + 8 > len(data):
+            raise ImageReadError(f"{source}: corrupt or truncated image (the PNG ends inside a chunk header)")
+        length, kind = struct.unpack(">I4s", data[position:position + 8])
+        payload = data[position + 8:position + 8 + length]
+        crc = data[position + 8 + length:position + 12 + length]
+        if len(payload) != length or len(crc) != 4:
+            raise ImageReadError(f"{source}: corrupt or truncated image (the PNG ends inside its {kind!r} chunk)")
+        if kind not in _PNG_CHUNKS_DECODED:
+            return None
+        if isal_zlib.crc32(payload, isal_zlib.crc32(kind)) != struct.unpack(">I", crc)[0]:
+            raise ImageReadError(f"{source}: corrupt or truncated image (CRC error in its {kind!r} chunk)")
+        position += 12 + length
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", payload)
+        elif kind == b"IDAT":
+            compressed.append(payload)
+        else:
+            break
+    if header is None:
+        raise ImageReadError(f"{source}: corrupt or truncated image (a PNG without IHDR)")
+    width, height, depth, colour_type, compression, filter_method, interlace = header
+    if depth not in (8, 16) or (colour_type, compression, filter_method, interlace) != (0, 0, 0, 0):
+        return None
+    row_bytes = width * depth // 8
+    rows = np.frombuffer(isal_zlib.decompress(b"".join(compressed)), np.uint8)
+    if rows.size != height * (row_bytes + 1):
+        raise ImageReadError(f"{source}: corrupt or truncated image (PNG pixel data of {rows.size} bytes, "
+                             f"{height * (row_bytes + 1)} expected)")
+    rows = rows.reshape(height, row_bytes + 1)
+    filters, pixels = rows[:, 0], rows[:, 1:]
+    if (filters == _PNG_FILTER_NONE).all():
+        unfiltered = np.ascontiguousarray(pixels)
+    elif (filters[1:] == _PNG_FILTER_UP).all() and filters[0] in (_PNG_FILTER_NONE, _PNG_FILTER_UP):
+        # Up adds the byte above (the first row's "above" is zeros): a running sum down each column.
+        unfiltered = np.cumsum(pixels, axis=0, dtype=np.uint8)
+    else:
+        return None
+    if depth == 16:
+        return unfiltered.view(">u2").astype(np.uint16)
+    return unfiltered
 
 
 def read_image(path: StoragePath, expected_shape: tuple[int, int] | None = None) -> np.ndarray:
@@ -94,7 +156,6 @@ def image_shape(path: StoragePath) -> tuple[int, int]:
 
 # ISA-L's deflate level 2 (of 0-3): as small as zlib's level 3 on BBBC022's 8-bit channels, ~10x faster.
 PNG_DEFLATE_LEVEL = 2
-_PNG_FILTER_UP = 2
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:

@@ -59,9 +59,6 @@ class CellSource:
 
     # (plate, well, site) -> outline image path relative to inputs/outlines; empty unless mask_objects.
     outlines: tuple[tuple[tuple[str, str, str], str], ...] = ()
-    # "numpy" (dpcore.crops, no TensorFlow needed: export-sc) or "tensorflow" (dpcore.tf_crops: the
-    # same crops in one compiled op, outside the GIL; profile, whose workers load TensorFlow anyway).
-    crop_engine: str = "numpy"
 
     @classmethod
     def from_config(cls, layout: ProjectLayout, config: Config) -> "CellSource":
@@ -143,11 +140,7 @@ class CellSource:
             scaled = np.asarray(centres, dtype=np.float64) * [self.image_shape[1] / self.width,
                                                                self.image_shape[0] / self.height]
             ids = object_ids(labels, scaled)
-        if self.crop_engine == "tensorflow":
-            from dpcore import tf_crops  # noqa: PLC0415 -- TensorFlow only where this engine is chosen
-            batch = tf_crops.cut_crops(image.astype(np.float32), boxes, self.box_size, labels, ids)
-        else:
-            batch = cut_crops(image.astype(np.float32), boxes, self.box_size, labels, ids)
+        batch = cut_crops(image, boxes, self.box_size, labels, ids)
         return SiteCells(site=data.site, centres=centres, batch=batch)
 
 

@@ -1,4 +1,5 @@
-"""Crop arithmetic against an independent implementation and against TensorFlow itself."""
+"""Crop arithmetic against an independent implementation, against TensorFlow itself, and the compiled
+kernel against the numpy reference."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dpcore.crops import (boxes_outside, cell_boxes, crop_and_resize, cut_crops, full_image_centres, normalise_crops,
-                          object_ids, quantise)
+from dpcore.crops import (boxes_outside, cell_boxes, crop_and_resize, cut_crops, cut_crops_reference,
+                          full_image_centres, normalise_crops, object_ids, quantise)
 from tests import reference
 
 CHANNELS = ("DNA", "RNA", "ER", "AGP", "Mito")
@@ -177,22 +178,59 @@ def test_normalised_crops_span_zero_to_one(site_image):
     np.testing.assert_allclose(crops.max(axis=(1, 2)), 1, atol=1e-5)
 
 
-@pytest.mark.parametrize("box_size", [128, 64])
-def test_profiles_tensorflow_crops_equal_the_numpy_crops(site_image, box_size):
-    """profile cuts with dpcore.tf_crops: the same cells, skips and values as the numpy code export-sc uses."""
-    from dpcore import tf_crops  # a required dependency: an import error fails the test
+def assert_same_batches(found, expected):
+    assert list(found.kept) == list(expected.kept)
+    assert (found.outside, found.invalid) == (expected.outside, expected.invalid)
+    assert found.crops.dtype == np.float32 and found.crops.shape == expected.crops.shape
+    np.testing.assert_array_equal(found.crops, expected.crops)  # the same bits, not merely close
 
+
+@pytest.mark.parametrize("box_size", [128, 64, 1, 2])
+def test_the_compiled_kernel_gives_the_numpy_references_bits(site_image, box_size):
+    """export-sc and profile cut with dpcore.crop_kernel: the same cells, skips and values, bit for bit,
+    as crop_and_resize + mask + normalise_crops in numpy, on a real site: cells at the borders, boxes
+    outside, NaN, masks, 8- and 16-bit images as read from PNGs and TIFFs."""
     image, centres = site_image
     poisoned = image.copy()
     poisoned[200:204, 300:304, 2] = np.nan  # the cells whose box holds this are dropped as invalid
-    centres = np.concatenate([centres, [[-30.0, 10.0], [700.0, 530.0], [-400.0, -400.0]]])
+    centres = np.concatenate([centres, [[-30.0, 10.0], [700.0, 530.0], [-400.0, -400.0], [0.0, 0.0],
+                                        [695.0, 519.0]]])
     boxes = cell_boxes(centres, box_size, image.shape[:2])
-    labels = np.random.default_rng(0).integers(0, 4, image.shape[:2]).astype(np.float32)
+    labels = np.random.default_rng(0).integers(0, 4, image.shape[:2]).astype(np.int32)
     ids = np.random.default_rng(1).integers(0, 4, len(centres)).astype(np.int64)
-    for picture, masks in ((image, None), (poisoned, None), (image, labels)):
-        expected = cut_crops(picture, boxes, box_size, masks, ids if masks is not None else None)
-        found = tf_crops.cut_crops(picture, boxes, box_size, masks, ids if masks is not None else None)
-        assert list(found.kept) == list(expected.kept)
-        assert (found.outside, found.invalid) == (expected.outside, expected.invalid)
-        np.testing.assert_allclose(found.crops, expected.crops, rtol=0, atol=1e-6)
-    assert expected.outside == 1 and cut_crops(poisoned, boxes, box_size).invalid >= 1
+    as_read = {"uint16": image.astype(np.uint16), "uint8": (image / 16).astype(np.uint8), "float64": image * 0.25}
+    cases = [(image, None), (poisoned, None), (image, labels)] + [(picture, None) for picture in as_read.values()]
+    cases.append((as_read["uint8"], labels))
+    for picture, masks in cases:
+        mask_ids = ids if masks is not None else None
+        assert_same_batches(cut_crops(picture, boxes, box_size, masks, mask_ids),
+                            cut_crops_reference(picture, boxes, box_size, masks, mask_ids))
+    assert cut_crops(image, boxes, box_size).outside >= 1  # the cases above held every kind of cell
+    assert box_size < 64 or cut_crops(poisoned, boxes, box_size).invalid >= 1
+
+
+def test_the_compiled_kernel_on_tiles_larger_than_the_crop_and_every_edge_case():
+    """Full-image tiles (a view larger than the box: samples more than a pixel apart), boxes partly or
+    wholly outside on every side, samples exactly on the first and last row and column."""
+    image = np.random.default_rng(3).integers(0, 4096, (13, 17, 2)).astype(np.uint16)
+    boxes = np.array([[0.12, 0.23, 0.71, 0.94], [-2.0, -2.0, -1.5, -1.5], [-0.3, 0.1, 0.4, 0.6],
+                      [0.5, 0.7, 1.3, 1.2], [-0.5, 0.2, 0.0, 0.8], [0.2, 1.0, 0.9, 1.6], [1.2, 0.1, 1.6, 0.5],
+                      [0.0, 0.0, 1.0, 0.5], [0.31, 0.42, 0.77, 0.58], [0.0, 0.0, 1.0, 1.0]])
+    for size in (7, 1, 2, 5, 30):
+        assert_same_batches(cut_crops(image, boxes, size), cut_crops_reference(image, boxes, size))
+    tiles = cell_boxes(full_image_centres(520, 696, 256), 256, (520, 696))
+    site = np.random.default_rng(5).integers(0, 255, (520, 696, 3)).astype(np.uint8)
+    assert_same_batches(cut_crops(site, tiles, 128), cut_crops_reference(site, tiles, 128))
+
+
+def test_the_compiled_kernel_cuts_from_several_threads_at_once(site_image):
+    """Beam's worker threads call it together (it runs outside the GIL): each gets its own crops."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    image, centres = site_image
+    boxes = [cell_boxes(centres + shift, 96, image.shape[:2]) for shift in (0.0, 3.3, -7.5, 11.25)]
+    expected = [cut_crops_reference(image, b, 96) for b in boxes]
+    with ThreadPoolExecutor(4) as pool:
+        found = list(pool.map(lambda b: cut_crops(image, b, 96), boxes * 2))
+    for n, batch in enumerate(found):
+        assert_same_batches(batch, expected[n % 4])

@@ -56,3 +56,39 @@ def test_pillow_decodes_the_rgb_we_write(shape):
 def test_only_2d_integer_images_and_8_bit_rgb_are_encoded(bad):
     with pytest.raises(ValueError, match="2-D uint8/uint16"):
         encode_png(bad)
+
+
+def test_prepares_pngs_are_decoded_without_pillow_and_others_by_pillow():
+    """decode_image reads prepare's own PNGs ("Up" on every row) itself, the same pixels Pillow reads; a PNG
+    with Pillow's per-row filters (as DeepProfiler's and other tools' PNGs) goes to Pillow, same result."""
+    from dpcore.images import decode_plain_png
+
+    channel = tifffile.imread(REAL_CHANNEL)
+    for values in (np.rint(channel / channel.max() * 255).astype(np.uint8), channel):
+        ours = encode_png(values)
+        decoded = decode_plain_png(ours, "ours")
+        assert decoded is not None and decoded.dtype == values.dtype
+        np.testing.assert_array_equal(decoded, values)
+        np.testing.assert_array_equal(decoded, pillow_reads(ours))
+        theirs = io.BytesIO()
+        Image.fromarray(values).save(theirs, format="PNG", compress_level=6)
+        assert decode_plain_png(theirs.getvalue(), "theirs") is None  # adaptive filters: left to Pillow
+        np.testing.assert_array_equal(decode_image(theirs.getvalue(), "theirs"), values)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped pixel byte", "flipped header byte", "no pixels"])
+def test_a_damaged_png_of_ours_fails_as_corrupt(damage):
+    from dpcore.images import ImageReadError
+
+    data = bytearray(encode_png(np.random.default_rng(0).integers(0, 255, (40, 30), dtype=np.uint8)))
+    if damage == "truncated":
+        data = data[:len(data) // 2]
+    elif damage == "flipped pixel byte":
+        data[60] ^= 0x10  # inside the IDAT payload: its CRC no longer matches
+    elif damage == "flipped header byte":
+        data[20] ^= 0x01  # the width, inside IHDR
+    else:
+        start = data.index(b"IDAT") - 4
+        data = data[:start] + data[start + 12 + int.from_bytes(data[start:start + 4], "big"):]
+    with pytest.raises(ImageReadError, match="corrupt or truncated"):
+        decode_image(bytes(data), "damaged.png")

@@ -33,10 +33,10 @@ def test_cli_help_does_not_load_tensorflow():
     assert python_output(code).strip() == "False False"
 
 
-# Modules that exist to hold TensorFlow code (the model zoo, the trainer, profile's crops). They are
+# Modules that exist to hold TensorFlow code (the model zoo, the trainer). They are
 # still never imported by ``import dpcore`` or by any other dpcore module at import time (the test
 # above covers the rest).
-PURE_EXCEPTIONS: set[str] = {"dpcore.models", "dpcore.trainer", "dpcore.tf_crops"}
+PURE_EXCEPTIONS: set[str] = {"dpcore.models", "dpcore.trainer"}
 
 
 def test_import_dpcore_alone_loads_nothing_heavy():
