@@ -23,16 +23,34 @@ processes load it in milliseconds.
 
 from __future__ import annotations
 
+import logging
 import threading
+from typing import Callable
 
 import numba
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 # The image types the kernel is compiled for; others are converted to float32 first (the reference's type).
 COMPILED_TYPES = (np.uint8, np.uint16, np.float32)
 
 
-@numba.njit(nogil=True, cache=True)
+def compiled(function: Callable) -> Callable:
+    """``function`` compiled by numba outside the GIL, cached on disk where numba finds a writable folder.
+
+    With none (a read-only install and no writable home; ``NUMBA_CACHE_DIR`` sets one), numba refuses to
+    cache at all; then every process compiles it again (~2 s) rather than failing.
+    """
+    try:
+        return numba.njit(nogil=True, cache=True)(function)
+    except RuntimeError as error:
+        logger.warning("numba cannot cache %s (%s): it is compiled again in each process; set NUMBA_CACHE_DIR to "
+                       "a writable folder to avoid that", function.__name__, error)
+        return numba.njit(nogil=True)(function)
+
+
+@compiled
 def _positions(start, end, extent, crop_size):  # pragma: no cover -- compiled; tested through cut_and_normalise
     """Sample positions of one box side, in pixels, as tf.image.crop_and_resize computes them (float32)."""
     f32 = np.float32
@@ -46,7 +64,7 @@ def _positions(start, end, extent, crop_size):  # pragma: no cover -- compiled; 
     return positions
 
 
-@numba.njit(nogil=True, cache=True)
+@compiled
 def _cut(image, boxes, crop_size, labels, ids, masked, check_finite, epsilon, out, finite):  # pragma: no cover
     """Fill ``out[n]`` with box n's normalised crop; ``finite[n]`` False for a crop holding NaN or inf
     (left unnormalised: the caller drops it)."""

@@ -17,8 +17,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/bootstrap.sh >/dev/null
 .venv/bin/python -m uv pip install --python .venv/bin/python --quiet "mutmut==3.8.1"
 
-# The fast tests of each module, one pytest argument per line. crops.py is numpy only: its TensorFlow
-# comparisons (tf_crops, tf.image) load TensorFlow in every forked mutant and would take hours, so they are
+# The fast tests of each module, one pytest argument per line. For crops.py, its TensorFlow
+# comparison (tf.image.crop_and_resize) would load TensorFlow in every forked mutant and take hours, so it is
 # deselected here (they run in the suite).
 declare -A TESTS=(
   [compression]="tests/test_illumination.py"

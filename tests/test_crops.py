@@ -234,3 +234,19 @@ def test_the_compiled_kernel_cuts_from_several_threads_at_once(site_image):
         found = list(pool.map(lambda b: cut_crops(image, b, 96), boxes * 2))
     for n, batch in enumerate(found):
         assert_same_batches(batch, expected[n % 4])
+
+
+def test_the_kernel_compiles_without_a_disk_cache_where_none_is_writable(monkeypatch, caplog):
+    """A read-only install with no writable home: numba cannot cache, and dpbeam compiles instead of failing."""
+    from numba.core import caching
+
+    from dpcore.crop_kernel import compiled
+
+    monkeypatch.setattr(caching.CacheImpl, "_locator_classes", [])  # what numba finds there: no folder
+
+    def add_one(values):
+        return values + 1
+
+    function = compiled(add_one)
+    assert "numba cannot cache add_one" in caplog.text
+    np.testing.assert_array_equal(function(np.arange(3)), [1, 2, 3])
