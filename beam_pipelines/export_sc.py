@@ -48,7 +48,7 @@ from dpcore.locking import output_lock
 from dpcore.metadata import Site, scan_index
 from dpcore.read_ahead import ReadAhead
 from dpcore.sc_export import ExportPlan, ExportTotals, ShardRecord
-from dpcore.single_cells import CellSource, stable_fraction
+from dpcore.single_cells import CellSource, stable_fraction, warm_up_cutting
 from dpcore.storage import StoragePath, remove_stale_temporaries
 
 from beam_pipelines.context import CommandContext
@@ -489,10 +489,7 @@ def build(pipeline: beam.Pipeline, settings: ExportSettings) -> None:
 
 def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     config = context.load_config("export-sc")
-    from dpcore.crop_kernel import warm_up_in_background  # noqa: PLC0415 -- numba loads where cells are cut
-
-    # The crop kernel loads while the index is planned: compressed PNGs are 8-bit, raw microscopy mostly 16-bit.
-    warm_up_in_background(np.uint8 if config.prepare.compression.implement else np.uint16)
+    warm_up_cutting(config)  # the crop kernel loads while the index is planned
     context = context.with_config_paths(config)
     settings = plan(context.layout, config, context.layout.index_file, args.format, "GZIP" if args.gzip else "",
                     args.shard_mb)

@@ -53,7 +53,7 @@ from dpcore.locking import output_lock
 from dpcore.metadata import Site, scan_index
 from dpcore.profiling import (FeatureModelSpec, classes_in_checkpoint, feature_parquet, feature_table,
                               pretrained_weights_file)
-from dpcore.single_cells import CellSource, SiteData
+from dpcore.single_cells import CellSource, SiteData, warm_up_cutting
 from dpcore.storage import StoragePath, as_storage_path
 from dpcore.tensorflow_runtime import cores_shared
 
@@ -477,10 +477,7 @@ def _progress(layout: ProjectLayout, scan, overwrite: bool) -> OutputProgress:
 
 def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     config = context.load_config("profile")
-    from dpcore.crop_kernel import warm_up_in_background  # noqa: PLC0415 -- numba loads where cells are cut
-
-    # The crop kernel loads while the model is built: compressed PNGs are 8-bit, raw microscopy mostly 16-bit.
-    warm_up_in_background(np.uint8 if config.prepare.compression.implement else np.uint16)
+    warm_up_cutting(config)  # the crop kernel loads while the model is built
     context = context.with_config_paths(config)
     context.select_gpu()
     layout = context.layout

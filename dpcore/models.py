@@ -227,9 +227,7 @@ def predict_function(model: keras.Model, batch_size: int | None = None,
 
     if batch_size is None:
         return run
-    if fixed:
-        return lambda batch: in_parts(run, batch, batch_size, pad=True)
-    return lambda batch: in_parts(run, batch, batch_size)
+    return lambda batch: in_parts(run, batch, batch_size, pad=fixed)
 
 
 def in_parts(run_part: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, part_size: int,

@@ -144,6 +144,14 @@ class CellSource:
         return SiteCells(site=data.site, centres=centres, batch=batch)
 
 
+def warm_up_cutting(config: Config) -> None:
+    """Start loading the crop kernel for the images ``config`` makes commands read (``dpcore.crop_kernel``):
+    compressed PNGs are 8-bit, original microscopy images mostly 16-bit (another type loads on first use)."""
+    from dpcore.crop_kernel import warm_up_in_background  # noqa: PLC0415 -- numba loads where cells are cut
+
+    warm_up_in_background(np.uint8 if config.prepare.compression.implement else np.uint16)
+
+
 def read_outlines_index(layout: ProjectLayout, source: str) -> dict[tuple[str, str, str], str]:
     """DeepProfiler's ``inputs/metadata/outlines.csv``: plate, well, site -> ``Outlines`` image path."""
     path = layout.metadata_dir / OUTLINES_INDEX

@@ -250,3 +250,23 @@ def test_the_kernel_compiles_without_a_disk_cache_where_none_is_writable(monkeyp
     function = compiled(add_one)
     assert "numba cannot cache add_one" in caplog.text
     np.testing.assert_array_equal(function(np.arange(3)), [1, 2, 3])
+
+
+def test_cells_are_cut_by_the_compiled_kernel_and_it_is_loaded_ahead_once(monkeypatch, site_image):
+    """cut_crops runs dpcore.crop_kernel (not the numpy reference); commands start loading it ahead, once."""
+    from dpcore import crop_kernel, crops
+
+    image, centres = site_image
+    calls = []
+    kernel = crop_kernel.cut_and_normalise
+    monkeypatch.setattr(crop_kernel, "cut_and_normalise", lambda *a, **k: calls.append(a[2]) or kernel(*a, **k))
+    monkeypatch.setattr(crops, "crop_and_resize", None)  # the reference is not what runs
+    assert len(cut_crops(image, cell_boxes(centres, 64, image.shape[:2]), 64).crops) == len(centres)
+    assert calls == [64]
+
+    monkeypatch.setattr(crop_kernel, "_warming", [])
+    crop_kernel.warm_up_in_background(np.uint16)
+    crop_kernel.warm_up_in_background(np.uint8)  # once per process: no second thread
+    assert len(crop_kernel._warming) == 1 and crop_kernel._warming[0].name == "dpbeam-crop-kernel-warm-up"
+    crop_kernel._warming[0].join(timeout=120)
+    assert not crop_kernel._warming[0].is_alive()

@@ -92,3 +92,17 @@ def test_a_damaged_png_of_ours_fails_as_corrupt(damage):
         data = data[:start] + data[start + 12 + int.from_bytes(data[start:start + 4], "big"):]
     with pytest.raises(ImageReadError, match="corrupt or truncated"):
         decode_image(bytes(data), "damaged.png")
+
+
+def test_decode_image_reads_prepares_pngs_without_pillow(monkeypatch):
+    """The fast path is the one taken: with Pillow's PNG opener broken, prepare's PNGs still decode."""
+    import dpcore.images
+
+    values = np.random.default_rng(2).integers(0, 255, (52, 69), dtype=np.uint8)
+    data = encode_png(values)
+
+    def no_pillow(*args, **kwargs):
+        raise AssertionError("Pillow was asked to decode one of prepare's PNGs")
+
+    monkeypatch.setattr(dpcore.images.Image, "open", no_pillow)
+    np.testing.assert_array_equal(decode_image(data, "ours"), values)
