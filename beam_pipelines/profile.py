@@ -57,6 +57,7 @@ from dpcore.single_cells import CellSource, SiteData, warm_up_cutting
 from dpcore.storage import StoragePath, as_storage_path
 from dpcore.tensorflow_runtime import cores_shared
 
+from beam_pipelines import array_coder
 from beam_pipelines.context import CommandContext, UsageError, acceleration_options
 from beam_pipelines.dead_letter import WriteDeadLetters, failure, read_failures, report_failures
 from beam_pipelines.index import ReadSites
@@ -322,6 +323,7 @@ class ProfileSites(beam.PTransform):
         super().__init__()
 
     def expand(self, pbegin):
+        array_coder.register()  # crops are measured by Beam's workers: from their size, not by pickling them
         features_dir = self.source.layout.features_dir
         read = pbegin | "ReadSites" >> ReadSites(self.index_path, self.source.channels)
         todo = (
@@ -333,7 +335,8 @@ class ProfileSites(beam.PTransform):
         cut = (
             todo.sites
             | "SpreadSites" >> beam.Reshuffle()
-            | "CutCells" >> beam.ParDo(CutCells(self.source)).with_outputs("failed", main="crops")
+            | "CutCells" >> beam.ParDo(CutCells(self.source)).with_output_types(tuple[SiteInfo, np.ndarray])
+            .with_outputs("failed", main="crops")
         )
         handler = SiteModelHandler(self.model_handler or FeatureModelHandler(
             self.spec, self.batch_size, self.engine, self.cpu_share))

@@ -21,10 +21,15 @@ OpenVINO's settings, and why:
   machine) OpenVINO computes in bfloat16 unless told otherwise, which moves features in the third digit.
 - Streams (``CpuShare``): a process whose model is called by one thread at a time gets one stream of all
   its threads (``PERFORMANCE_HINT=LATENCY``); one called by N local threads (the DirectRunner's default of a
-  thread per core) gets N streams (``THROUGHPUT``), so each thread's call runs on its share of the cores, as
-  TensorFlow's did, instead of calls of all the cores queueing while another thread crops beside them. On
-  the model alone (2 cores) the two are alike: one stream 869-903 cells/s, two streams called by two threads
-  831-847; two separate one-thread models called side by side only 556.
+  thread per core) gets N streams (``THROUGHPUT``). On the model alone (2 cores) the two are alike: one
+  stream 869-903 cells/s, two streams called by two threads 831-847; two separate one-thread models called
+  side by side only 556.
+- Requests (``RequestPool``): every stream has two infer requests, shared by the calling threads, and a
+  call's parts run on all the free ones at once. A thread's call takes the other stream too while the other
+  thread cuts cells or writes Parquet, and a thread left alone at the end of a stage runs on every core
+  (the local runner splits a stage's sites between its threads up front: with a stream per thread, one
+  thread ended ~1 s before the other on the 4-plate benchmark). The second request per stream waits in
+  OpenVINO's queue, so a stream starts its next part without waiting for a Python thread.
 - ``ENABLE_CPU_PINNING=NO``: each process would pin its threads to the same first cores, so several worker
   processes on one machine (local multi-processing, Dataflow's one process per core) would share them.
 - The graph goes through OpenVINO's TensorFlow front end, not ``openvino.convert_model``: that converter
@@ -35,6 +40,7 @@ OpenVINO's settings, and why:
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import tempfile
@@ -55,6 +61,10 @@ ENGINES = ("auto", "tensorflow", "openvino")
 # 32; two streams called by two threads 1,111 at 8 against 803 at 32. TensorFlow is the other way round (483
 # at 8, 613 at 32) and keeps the call's size. Features do not depend on it (tests/test_inference_engines.py).
 OPENVINO_CPU_PART = 8
+# Infer requests per stream: one running, one waiting in OpenVINO's queue, so a stream that finishes a part
+# starts the next at once instead of waiting for a Python thread (and the GIL) to hand it one. 4-plate
+# profile, 2 cores (2026-12-02): work window 7.4-8.8 s with 1, 6.8-7.1 with 2, 6.5-7.1 with 3 or 4.
+REQUESTS_PER_STREAM = 2
 OPENVINO_CPU_SETTINGS = {
     "INFERENCE_PRECISION_HINT": "f32",
     "PERFORMANCE_HINT": "LATENCY",
@@ -171,20 +181,66 @@ def openvino_predictor(model: Any, batch_size: int, share: CpuShare = WHOLE_PROC
         front_end = FrontEndManager().load_by_framework("tf")
         network = front_end.convert(front_end.load(str(graph_file)))
         compiled = openvino.Core().compile_model(network, "CPU", settings)
-    # An infer request runs one call at a time; callers wait for a free one (one per stream).
-    requests: queue.SimpleQueue = queue.SimpleQueue()
-    for _ in range(int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))):
-        requests.put(compiled.create_infer_request())
-
-    def run_batch(crops: np.ndarray) -> np.ndarray:
-        request = requests.get()
-        try:
-            # Outputs are copied out of the request (share_outputs defaults to False): the next call reuses it.
-            return request.infer({0: crops})[0]
-        finally:
-            requests.put(request)
+    streams = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    pool = RequestPool([compiled.create_infer_request() for _ in range(REQUESTS_PER_STREAM * streams)])
 
     used = (compiled.get_property("INFERENCE_NUM_THREADS"), compiled.get_property("NUM_STREAMS"))
     return Predictor("openvino", f"OpenVINO {openvino.get_version()} on the CPU (float32, {used[0]} threads, "
                                  f"{used[1]} stream(s), {part} crops at a time)",
-                     lambda batch: models.in_parts(run_batch, batch, part, pad=True))
+                     lambda batch: pool.run(models.padded_parts(batch, part), len(batch)))
+
+
+class RequestPool:
+    """OpenVINO infer requests (``REQUESTS_PER_STREAM`` per stream) shared by the threads that call the model.
+
+    A call's parts run on every request free when they are started, not one after another on one: when the
+    other local thread is cutting cells, reading or writing instead of calling the model, this call's parts
+    take its stream too. So the cores stay busy with whichever thread has crops to run, and a thread left
+    alone at the end of a stage (the local runner splits a stage's sites between its threads up front) runs
+    on all of them. A call never waits for a request while it holds one that has not been collected, so
+    calls from several threads cannot wait on each other in a circle.
+    """
+
+    def __init__(self, requests: list):
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        for request in requests:
+            self._free.put(request)
+
+    def run(self, parts: list[np.ndarray], rows: int) -> np.ndarray:
+        """The outputs of ``parts`` (equal-sized), concatenated and cut to the first ``rows``."""
+        if not parts:
+            return np.zeros((0,), np.float32)
+        outputs: list[np.ndarray | None] = [None] * len(parts)
+        running: collections.deque = collections.deque()  # (request, part index), oldest first
+        try:
+            for index, part in enumerate(parts):
+                request = self._free_request(running, outputs)
+                running.append((request, index))
+                request.start_async({0: part}, share_inputs=True)  # not copied: the part lives until collected
+            while running:
+                self._collect(running, outputs)
+        finally:
+            for request, _ in running:  # after a failure: the requests go back, finished
+                try:
+                    request.wait()
+                except Exception:  # noqa: BLE001 -- the first failure is the one raised
+                    pass
+                self._free.put(request)
+        return (outputs[0] if len(outputs) == 1 else np.concatenate(outputs))[:rows]
+
+    def _free_request(self, running: collections.deque, outputs: list):
+        while True:
+            try:
+                return self._free.get_nowait()
+            except queue.Empty:
+                if not running:
+                    return self._free.get()
+                self._collect(running, outputs)  # gives a request back; another thread may take it first
+
+    def _collect(self, running: collections.deque, outputs: list) -> None:
+        request, index = running.popleft()
+        try:
+            request.wait()
+            outputs[index] = request.get_output_tensor(0).data.copy()  # the request's memory is reused
+        finally:
+            self._free.put(request)

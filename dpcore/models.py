@@ -235,17 +235,29 @@ def in_parts(run_part: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, pa
     """``run_part`` over ``batch`` in parts of ``part_size`` rows. The last part runs as it is, or, with
     ``pad`` (a graph compiled for one input shape), filled up with zeros whose outputs are dropped."""
     batch = np.asarray(batch, dtype=np.float32)
-    outputs = []
+    if pad:
+        parts = padded_parts(batch, part_size)
+    else:
+        parts = [np.ascontiguousarray(batch[start:start + part_size]) for start in range(0, len(batch), part_size)]
+    outputs = [run_part(part) for part in parts]
+    if not outputs:
+        return np.zeros((0,), np.float32)
+    return (outputs[0] if len(outputs) == 1 else np.concatenate(outputs))[: len(batch)]
+
+
+def padded_parts(batch: np.ndarray, part_size: int) -> list[np.ndarray]:
+    """``batch`` as contiguous float32 parts of ``part_size`` rows, the last filled up with zeros (for a graph
+    compiled for one input shape; their outputs are dropped)."""
+    batch = np.asarray(batch, dtype=np.float32)
+    parts = []
     for start in range(0, len(batch), part_size):
         part = batch[start:start + part_size]
-        if pad and len(part) < part_size:
+        if len(part) < part_size:
             padded = np.zeros((part_size,) + part.shape[1:], np.float32)
             padded[: len(part)] = part
             part = padded
-        outputs.append(run_part(np.ascontiguousarray(part))[: len(batch) - start])
-    if len(outputs) == 1:
-        return outputs[0]
-    return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
+        parts.append(np.ascontiguousarray(part))
+    return parts
 
 
 def frozen_graph(model: keras.Model, input_shape: tuple[int | None, ...],

@@ -151,3 +151,95 @@ def test_profiles_model_handler_loads_the_engine_and_cpu_share_it_was_given():
     assert on_tensorflow.engine == "tensorflow"
     crops = np.random.default_rng(4).random((5, *SHAPE), dtype=np.float32)
     assert on_openvino(crops).shape == on_tensorflow(crops).shape == (5, 256)
+
+
+class FakeRequest:
+    """An infer request whose output is its input doubled; it notes how many requests run at once."""
+
+    def __init__(self, log: dict, lock: threading.Lock, fail_on_part: float | None = None):
+        self.log, self.lock, self.fail_on_part = log, lock, fail_on_part
+        self.output = None
+
+    def start_async(self, inputs: dict, share_inputs: bool = False) -> None:
+        part = inputs[0]
+        with self.lock:
+            self.log["running"] += 1
+            self.log["most"] = max(self.log["most"], self.log["running"])
+            self.log["used"].add(id(self))
+        self.output = None if part[0, 0] == self.fail_on_part else part * 2
+
+    def wait(self) -> None:
+        with self.lock:
+            self.log["running"] -= 1
+        if self.output is None:
+            raise RuntimeError("the part failed")
+
+    def get_output_tensor(self, index: int):
+        return type("Tensor", (), {"data": self.output})()
+
+
+def fake_pool(requests: int, fail_on_part: float | None = None):
+    from dpcore.inference_engines import RequestPool
+
+    log, lock = {"running": 0, "most": 0, "used": set()}, threading.Lock()
+    return RequestPool([FakeRequest(log, lock, fail_on_part) for _ in range(requests)]), log
+
+
+def test_a_calls_parts_run_on_every_free_request_at_once_and_come_back_in_order():
+    """One thread alone (the other cutting cells, or done) still keeps every stream busy."""
+    pool, log = fake_pool(requests=3)
+    batch = np.arange(7 * 2, dtype=np.float32).reshape(7, 2)
+    found = pool.run(models.padded_parts(batch, 2), len(batch))
+    np.testing.assert_array_equal(found, batch * 2)  # four parts, the last padded and cut off
+    assert log["most"] == 3 and len(log["used"]) == 3 and log["running"] == 0
+    assert pool.run([], 0).size == 0
+
+
+def test_request_pool_shared_by_threads_gives_each_its_own_rows_and_every_request_back():
+    pool, log = fake_pool(requests=2)
+    batches = [np.full((9, 3), i, np.float32) + np.arange(9, dtype=np.float32)[:, None] for i in range(4)]
+    found: list = [None] * len(batches)
+
+    def work(index: int) -> None:
+        for _ in range(20):
+            found[index] = pool.run(models.padded_parts(batches[index], 4), 9)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(batches))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads), "calls waited on each other for ever"
+    for batch, result in zip(batches, found):
+        np.testing.assert_array_equal(result, batch * 2)
+    assert log["running"] == 0 and pool._free.qsize() == 2
+
+
+def test_a_failed_part_fails_its_call_and_gives_every_request_back():
+    pool, log = fake_pool(requests=2, fail_on_part=4.0)
+    batch = np.arange(8, dtype=np.float32).reshape(8, 1)  # parts of 2 start with 0, 2, 4 (fails), 6
+    with pytest.raises(RuntimeError, match="the part failed"):
+        pool.run(models.padded_parts(batch, 2), len(batch))
+    assert log["running"] == 0 and pool._free.qsize() == 2
+    np.testing.assert_array_equal(pool.run(models.padded_parts(batch[:4], 2), 4), batch[:4] * 2)
+
+
+def test_openvino_has_two_requests_per_stream_and_a_lone_caller_uses_them_together(monkeypatch):
+    from dpcore import inference_engines as engines
+    from dpcore.inference_engines import CpuShare
+
+    pools = []
+    real_pool = engines.RequestPool
+
+    def keep(requests):
+        pools.append(real_pool(requests))
+        return pools[-1]
+
+    monkeypatch.setattr(engines, "RequestPool", keep)
+    model = zoo_model("cnn")
+    predict = openvino_predictor(model, batch_size=4, share=CpuShare(streams=2))
+    assert pools[0]._free.qsize() == engines.REQUESTS_PER_STREAM * 2
+    crops = np.random.default_rng(6).random((10, *SHAPE), dtype=np.float32)
+    np.testing.assert_allclose(predict(crops), model.predict_on_batch(crops), rtol=1e-4,
+                               atol=1e-5 * np.abs(model.predict_on_batch(crops)).max())
+    assert pools[0]._free.qsize() == engines.REQUESTS_PER_STREAM * 2
