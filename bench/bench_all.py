@@ -10,7 +10,8 @@ process, with its default options (one worker thread per core on the DirectRunne
 (``--direct_num_workers 1``) and, for prepare and export-sc, 2 worker processes. Per stage it prints:
 
 - marginal throughput: the extra plates' work divided by the extra wall time (start-up excluded), from
-  the fastest of ``--repeats`` interleaved runs of each project size. This machine is a shared VM whose
+  the fastest of ``--repeats`` interleaved runs of each project size (the stage's variants take turns, a
+  1-plate and a 4-plate run each per round). This machine is a shared VM whose
   runs slow down by up to 40% at random (never speed up), so the fastest run is the estimate of what the
   code costs, as ``timeit`` does; the range of the per-pair rates is printed beside it;
 - start-up: the fastest 1-plate wall time less its work at the marginal rate;
@@ -157,15 +158,21 @@ def main() -> None:
         for stage in ("prepare", "export-sc", "profile"):
             unit = 0 if stage == "prepare" else 1
             extra = work[many][unit] - work[one][unit]
-            for variant, options in VARIANTS[stage].items():
-                smalls, larges, launcher, worker = [], [], 0.0, 0.0
-                for repeat in range(args.repeats):
+            runs = {variant: {"smalls": [], "larges": [], "launcher": 0.0, "worker": 0.0} for variant in VARIANTS[stage]}
+            # The variants take turns (a pair of each per round): a slow spell of the machine then falls on
+            # all of them, not on one variant's three pairs, and their ratios (two workers over one) stay fair.
+            for repeat in range(args.repeats):
+                for variant, options in VARIANTS[stage].items():
                     print(f"{stage}, {variant}: run {repeat + 1} of {args.repeats} ...", flush=True)
                     small, _, _ = run_stage(one, stage, options)
                     large, launcher_mb, worker_mb = run_stage(many, stage, options)
-                    smalls.append(small)
-                    larges.append(large)
-                    launcher, worker = max(launcher, launcher_mb), max(worker, worker_mb)
+                    mine = runs[variant]
+                    mine["smalls"].append(small)
+                    mine["larges"].append(large)
+                    mine["launcher"] = max(mine["launcher"], launcher_mb)
+                    mine["worker"] = max(mine["worker"], worker_mb)
+            for variant, mine in runs.items():
+                smalls, larges, launcher, worker = mine["smalls"], mine["larges"], mine["launcher"], mine["worker"]
                 rate = extra / (min(larges) - min(smalls))
                 rows.append({"stage": stage, "variant": variant, "unit": UNITS[stage], "rate": rate,
                              "rates": [extra / (large - small) for small, large in zip(smalls, larges)],
