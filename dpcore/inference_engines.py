@@ -32,8 +32,12 @@ OpenVINO's settings, and why:
   OpenVINO's queue, so a stream starts its next part without waiting for a Python thread.
 - ``ENABLE_CPU_PINNING=NO``: each process would pin its threads to the same first cores, so several worker
   processes on one machine (local multi-processing, Dataflow's one process per core) would share them.
-- The graph goes through OpenVINO's TensorFlow front end, not ``openvino.convert_model``: that converter
-  reports usage to Intel (``openvino_telemetry``) unless the user has opted out; the front end does not.
+- No usage reports to Intel (``load_openvino``): ``import openvino`` imports its model converter, which
+  sends an "import" event to Google Analytics through ``openvino_telemetry`` on every import (in a child
+  process, unless the user opted out with ``opt_in_out`` or ``CI=true`` is set), and ``convert_model``
+  more. The converter falls back to a stub of its own where ``openvino_telemetry`` cannot be imported,
+  so it is made unimportable in this process before OpenVINO loads. The graph goes through OpenVINO's
+  TensorFlow front end, not ``convert_model``, in any case.
 
 ``import dpcore.inference_engines`` loads neither TensorFlow nor OpenVINO; building a predictor does.
 """
@@ -43,6 +47,7 @@ from __future__ import annotations
 import collections
 import logging
 import queue
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,10 +163,24 @@ def predictor(model: Any, batch_size: int, engine: str = "auto",
     return built
 
 
+def load_openvino():
+    """``import openvino`` without its usage telemetry (see the module's notes).
+
+    A ``None`` in ``sys.modules`` makes ``import openvino_telemetry`` raise ImportError, and every place
+    OpenVINO imports it from (``openvino.tools.ovc``) then uses its no-op ``telemetry_stub``. Set only while
+    nothing in this process has loaded either module: an importer that came first keeps what it chose.
+    """
+    if "openvino" not in sys.modules and "openvino_telemetry" not in sys.modules:
+        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]
+    import openvino  # noqa: PLC0415
+
+    return openvino
+
+
 def openvino_predictor(model: Any, batch_size: int, share: CpuShare = WHOLE_PROCESS) -> Predictor:
     """The Keras ``model`` frozen, read by OpenVINO's TensorFlow front end and compiled for the CPU, for
     parts of ``OPENVINO_CPU_PART`` crops (fewer if ``batch_size`` is smaller)."""
-    import openvino  # noqa: PLC0415
+    openvino = load_openvino()
     from openvino.frontend import FrontEndManager  # noqa: PLC0415
 
     from dpcore import models  # noqa: PLC0415
