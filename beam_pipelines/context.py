@@ -41,6 +41,20 @@ class CommandContext:
                         "slower than they gain below %d sites per thread)", sites, FEW_SITES_PER_THREAD)
         return replace(self, beam_args=sized)
 
+    @property
+    def workers_in_this_process(self) -> bool:
+        """False where the pipeline's work surely runs in other processes (the local runner's
+        ``multi_processing`` workers): then this process need not load what only workers use. Other runners
+        count as True, since a portable runner's LOOPBACK workers run inside the launcher."""
+        # Beam is imported here, not with this module: commands without a pipeline start without it.
+        from apache_beam.options.pipeline_options import (  # noqa: PLC0415
+            DirectOptions, PipelineOptions, StandardOptions)
+
+        options = PipelineOptions(list(self.beam_args))
+        runner = str(options.view_as(StandardOptions).runner or "DirectRunner")
+        return not (runner.endswith("DirectRunner")
+                    and options.view_as(DirectOptions).direct_running_mode == "multi_processing")
+
     def load_config(self, command: str) -> Config:
         """Load ``--config`` and check it has what ``command`` needs (fails fast)."""
         if not self.config_name:

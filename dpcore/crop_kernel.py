@@ -24,7 +24,6 @@ processes load it in milliseconds.
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Callable
 
 import numba
@@ -197,24 +196,8 @@ def cut_and_normalise(image: np.ndarray, boxes: np.ndarray, crop_size: int, epsi
     return out, finite
 
 
-_warming: list[threading.Thread] = []
+def load_kernel(image_type: type = np.uint8) -> None:
+    """Load (or, on the first run after an install, compile: ~2 s) the kernel for ``image_type`` now.
 
-
-def warm_up_in_background(image_type: type = np.uint8) -> None:
-    """Load the kernel for ``image_type`` (numba's import and its disk cache: ~1.5 CPU-seconds; on the first
-    run after an install, its compilation: ~2 s more) in a daemon thread, once per process.
-
-    Commands call it before their own set-up (reading the index; in profile, importing TensorFlow and
-    building the model), so the kernel is ready when the first site is cut instead of holding up the
-    worker threads then; the warm-up shares the GIL with that set-up, which it slows by less than it saves.
-    A failure here only means the first cut loads (or compiles) it.
-    """
-    if _warming:
-        return
-
-    def load() -> None:
-        cut_and_normalise(np.zeros((2, 2, 1), image_type), np.array([[0.0, 0.0, 1.0, 1.0]]), 2, 1e-6)
-
-    thread = threading.Thread(target=load, name="dpbeam-crop-kernel-warm-up", daemon=True)
-    _warming.append(thread)
-    thread.start()
+    ``dpcore.single_cells.warm_up_cutting`` runs this, and numba's import, in a background thread."""
+    cut_and_normalise(np.zeros((2, 2, 1), image_type), np.array([[0.0, 0.0, 1.0, 1.0]]), 2, 1e-6)

@@ -297,6 +297,31 @@ def test_a_handful_of_sites_runs_on_one_in_process_worker(project, capsys):
     assert code == 0 and "one in-process worker" not in logged, text  # one thread already
 
 
+def test_the_launcher_loads_the_crop_kernel_only_where_its_workers_cut(project, monkeypatch):
+    """export-sc and profile start loading the crop kernel in the launcher when the work runs in it (threads,
+    in memory, a portable runner's loopback workers), not for the local runner's worker processes: there
+    it was ~0.6 s of numba import on the launcher's main thread, for nothing."""
+    from beam_pipelines import export_sc
+    from beam_pipelines.context import CommandContext
+
+    def here(*beam_args: str) -> bool:
+        return CommandContext(layout=project, beam_args=beam_args).workers_in_this_process
+
+    assert here() and here("--direct_num_workers=2", "--direct_running_mode=multi_threading")
+    assert here("--direct_running_mode=in_memory") and here("--runner", "PortableRunner", "--job_endpoint=embed")
+    assert not here("--direct_num_workers", "2", "--direct_running_mode", "multi_processing")
+    assert not here("--runner", "DirectRunner", "--direct_running_mode=multi_processing")
+    assert here("--runner", "FlinkRunner", "--direct_running_mode", "multi_processing")  # not the local runner
+
+    loaded = []
+    monkeypatch.setattr(export_sc, "warm_up_cutting", loaded.append)
+    base = ("--root", str(project), "--config", "bbbc022.json", "export-sc", "--dry-run")
+    assert run(*base, "--direct_num_workers", "2", "--direct_running_mode", "multi_processing")[0] == 0
+    assert loaded == []
+    assert run(*base)[0] == 0
+    assert loaded == [np.uint8]  # the example exports prepare's 8-bit PNGs
+
+
 def test_traintf2_is_deepprofilers_name_for_train(project):
     code, text = run("--root", str(project), "--config", "bbbc022.json", "traintf2")
     assert code == 2 and "run 'dpbeam ... export-sc' first" in text  # train's own check, under the old name

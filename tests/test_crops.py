@@ -264,9 +264,14 @@ def test_cells_are_cut_by_the_compiled_kernel_and_it_is_loaded_ahead_once(monkey
     assert len(cut_crops(image, cell_boxes(centres, 64, image.shape[:2]), 64).crops) == len(centres)
     assert calls == [64]
 
-    monkeypatch.setattr(crop_kernel, "_warming", [])
-    crop_kernel.warm_up_in_background(np.uint16)
-    crop_kernel.warm_up_in_background(np.uint8)  # once per process: no second thread
-    assert len(crop_kernel._warming) == 1 and crop_kernel._warming[0].name == "dpbeam-crop-kernel-warm-up"
-    crop_kernel._warming[0].join(timeout=120)
-    assert not crop_kernel._warming[0].is_alive()
+    from dpcore import single_cells
+
+    monkeypatch.setattr(single_cells, "_warming", [])
+    loaded, real_load = [], crop_kernel.load_kernel
+    monkeypatch.setattr(crop_kernel, "load_kernel", lambda image_type: loaded.append(image_type))
+    single_cells.warm_up_cutting(np.uint16)
+    single_cells.warm_up_cutting(np.uint8)  # once per process: no second thread
+    assert len(single_cells._warming) == 1 and single_cells._warming[0].name == "dpbeam-crop-kernel-warm-up"
+    single_cells._warming[0].join(timeout=120)
+    assert not single_cells._warming[0].is_alive() and loaded == [np.uint16]
+    real_load(np.uint16)  # the real one loads (or compiles) without error
