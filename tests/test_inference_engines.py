@@ -190,9 +190,10 @@ class FakeRequest:
         self.log, self.lock, self.fail_on_part = log, lock, fail_on_part
         self.output = None
 
-    def start_async(self, inputs: dict, share_inputs: bool = False) -> None:
+    def start_async(self, inputs: dict, share_inputs: bool = False) -> None:  # OpenVINO's default
         part = inputs[0]
         with self.lock:
+            self.log["shared"] |= share_inputs
             self.log["running"] += 1
             self.log["most"] = max(self.log["most"], self.log["running"])
             self.log["used"].add(id(self))
@@ -211,7 +212,7 @@ class FakeRequest:
 def fake_pool(requests: int, fail_on_part: float | None = None):
     from dpcore.inference_engines import RequestPool
 
-    log, lock = {"running": 0, "most": 0, "used": set()}, threading.Lock()
+    log, lock = {"running": 0, "most": 0, "used": set(), "shared": False}, threading.Lock()
     return RequestPool([FakeRequest(log, lock, fail_on_part) for _ in range(requests)]), log
 
 
@@ -223,6 +224,8 @@ def test_a_calls_parts_run_on_every_free_request_at_once_and_come_back_in_order(
     np.testing.assert_array_equal(found, batch * 2)  # four parts, the last padded and cut off
     assert log["most"] == 3 and len(log["used"]) == 3 and log["running"] == 0
     assert pool.run([], 0).size == 0
+    # Parts are copied into the requests, never lent: a run with lent inputs hung (RequestPool's docstring).
+    assert not log["shared"]
 
 
 def test_request_pool_shared_by_threads_gives_each_its_own_rows_and_every_request_back():
