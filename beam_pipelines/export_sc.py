@@ -48,7 +48,7 @@ from dpcore.locking import output_lock
 from dpcore.metadata import Site, scan_index
 from dpcore.read_ahead import ReadAhead
 from dpcore.sc_export import ExportPlan, ExportTotals, ShardRecord
-from dpcore.single_cells import CellSource, cut_image_type, stable_fraction, warm_up_cutting
+from dpcore.single_cells import CellSource, stable_fraction, warm_up_cutting
 from dpcore.storage import StoragePath, remove_stale_temporaries
 
 from beam_pipelines.context import CommandContext
@@ -201,7 +201,7 @@ class WriteShard(beam.DoFn):
 
     def setup(self) -> None:
         # A worker process loads the crop kernel while its first sites are read (the launcher may not have).
-        warm_up_cutting(cut_image_type(self.settings.source.use_compressed))
+        warm_up_cutting(self.settings.source.use_compressed)
         self._reader = ReadAhead(lambda site: load_site(self.settings.source, site), self.READ_AHEAD,
                                  name="dpbeam-WriteShard")
 
@@ -492,7 +492,7 @@ def build(pipeline: beam.Pipeline, settings: ExportSettings) -> None:
 def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     config = context.load_config("export-sc")
     if context.workers_in_this_process:  # the crop kernel loads while the index is planned
-        warm_up_cutting(cut_image_type(config.prepare.compression.implement))
+        warm_up_cutting(config.prepare.compression.implement)
     context = context.with_config_paths(config)
     settings = plan(context.layout, config, context.layout.index_file, args.format, "GZIP" if args.gzip else "",
                     args.shard_mb)

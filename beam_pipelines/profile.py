@@ -53,7 +53,7 @@ from dpcore.locking import output_lock
 from dpcore.metadata import Site, scan_index
 from dpcore.profiling import (FeatureModelSpec, classes_in_checkpoint, feature_parquet, feature_table,
                               pretrained_weights_file)
-from dpcore.single_cells import CellSource, SiteData, cut_image_type, warm_up_cutting
+from dpcore.single_cells import CellSource, SiteData, warm_up_cutting
 from dpcore.storage import StoragePath, as_storage_path
 from dpcore.tensorflow_runtime import cores_shared
 
@@ -166,7 +166,7 @@ class CutCells(ReadAheadDoFn):
 
     def setup(self) -> None:
         # A worker process loads the crop kernel while its first sites are read (the launcher may not have).
-        warm_up_cutting(cut_image_type(self.source.use_compressed))
+        warm_up_cutting(self.source.use_compressed)
         super().setup()
 
     def process(self, site: Site) -> Iterator:
@@ -486,7 +486,7 @@ def _progress(layout: ProjectLayout, scan, overwrite: bool) -> OutputProgress:
 def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
     config = context.load_config("profile")
     if context.workers_in_this_process:  # the crop kernel loads while the model is built
-        warm_up_cutting(cut_image_type(config.prepare.compression.implement))
+        warm_up_cutting(config.prepare.compression.implement)
     context = context.with_config_paths(config)
     context.select_gpu()
     layout = context.layout

@@ -148,10 +148,11 @@ class CellSource:
 _warming: list[threading.Thread] = []
 
 
-def warm_up_cutting(image_type: type = np.uint8) -> None:
-    """Import numba and load the crop kernel for ``image_type`` (``dpcore.crop_kernel``) in a daemon
-    thread, once per process: ~0.6 s of import and ~0.3 s of loading its disk cache (~2 s more to compile it
-    on the first run after an install).
+def warm_up_cutting(compressed: bool) -> None:
+    """Import numba and load the crop kernel (``dpcore.crop_kernel``) for the images cells are cut from in a
+    daemon thread, once per process: prepare's ``compressed`` PNGs are 8-bit, original microscopy images
+    mostly 16-bit (another type loads on first use). ~0.6 s of import and ~0.3 s of loading numba's disk
+    cache (~2 s more to compile it on the first run after an install).
 
     Commands call it before their own set-up (reading the index; in profile, importing TensorFlow and
     building the model) and workers when their cutting step starts, so the kernel is ready when the first
@@ -166,19 +167,13 @@ def warm_up_cutting(image_type: type = np.uint8) -> None:
         try:
             from dpcore.crop_kernel import load_kernel  # noqa: PLC0415 -- numba loads where cells are cut
 
-            load_kernel(image_type)
+            load_kernel(np.uint8 if compressed else np.uint16)
         except Exception as error:  # noqa: BLE001 -- the first real cut raises it where it matters
             logger.debug("warming up the crop kernel failed (the first cut loads it): %s", error)
 
     thread = threading.Thread(target=load, name="dpbeam-crop-kernel-warm-up", daemon=True)
     _warming.append(thread)
     thread.start()
-
-
-def cut_image_type(use_compressed: bool) -> type:
-    """The image type crops are cut from: prepare's compressed PNGs are 8-bit, original microscopy images
-    mostly 16-bit (another type loads its kernel on first use)."""
-    return np.uint8 if use_compressed else np.uint16
 
 
 def read_outlines_index(layout: ProjectLayout, source: str) -> dict[tuple[str, str, str], str]:

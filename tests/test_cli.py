@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -319,7 +320,22 @@ def test_the_launcher_loads_the_crop_kernel_only_where_its_workers_cut(project, 
     assert run(*base, "--direct_num_workers", "2", "--direct_running_mode", "multi_processing")[0] == 0
     assert loaded == []
     assert run(*base)[0] == 0
-    assert loaded == [np.uint8]  # the example exports prepare's 8-bit PNGs
+    assert loaded == [True]  # the example exports prepare's compressed 8-bit PNGs
+
+    # On a worker, the cutting steps start it when they are set up (the launcher may not have).
+    from beam_pipelines import profile
+    from dpcore.config import load_config
+    from dpcore.layout import ProjectLayout
+    from dpcore.single_cells import CellSource
+
+    monkeypatch.setattr(profile, "warm_up_cutting", loaded.append)
+    source = CellSource.from_config(ProjectLayout.create(str(project)),
+                                    load_config(project / "inputs/config/bbbc022.json"))
+    for step in (export_sc.WriteShard(SimpleNamespace(source=source)), profile.CutCells(source)):
+        loaded.clear()
+        step.setup()
+        step.teardown()
+        assert loaded == [True], type(step).__name__
 
 
 def test_traintf2_is_deepprofilers_name_for_train(project):

@@ -269,8 +269,8 @@ def test_cells_are_cut_by_the_compiled_kernel_and_it_is_loaded_ahead_once(monkey
     monkeypatch.setattr(single_cells, "_warming", [])
     loaded, real_load = [], crop_kernel.load_kernel
     monkeypatch.setattr(crop_kernel, "load_kernel", lambda image_type: loaded.append(image_type))
-    single_cells.warm_up_cutting(np.uint16)
-    single_cells.warm_up_cutting(np.uint8)  # once per process: no second thread
+    single_cells.warm_up_cutting(compressed=False)  # original 16-bit images
+    single_cells.warm_up_cutting(compressed=True)  # once per process: no second thread
     assert len(single_cells._warming) == 1 and single_cells._warming[0].name == "dpbeam-crop-kernel-warm-up"
     single_cells._warming[0].join(timeout=120)
     assert not single_cells._warming[0].is_alive() and loaded == [np.uint16]
