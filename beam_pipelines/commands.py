@@ -18,6 +18,7 @@ from typing import Callable
 from dpcore.acceleration import PRECISIONS
 from dpcore.inference_engines import ENGINES
 from dpcore.example import EXAMPLE_CONFIG, write_example_project
+from dpcore.sc_export import MIN_SHARDS
 from dpcore.split import split_index
 from dpcore.validate import validate_project
 
@@ -279,6 +280,19 @@ def _boolean(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
+def _positive(kind: type) -> Callable[[str], float]:
+    """An argparse type: a number of ``kind`` above zero (argparse names the option in its error)."""
+
+    def parse(text: str):
+        value = kind(text)
+        if not value > 0:  # NaN too
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse's "invalid int value" for what kind() itself rejects
+    return parse
+
+
 def _dry_run_argument(parser: argparse.ArgumentParser) -> None:
     # Beam's own option is spelt --dry_run and takes a value; both spellings mean the same here.
     parser.add_argument("--dry-run", "--dry_run", dest="dry_run", nargs="?", const=True, default=False,
@@ -310,8 +324,12 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("tfrecord", "png"), default="tfrecord",
                         help="tfrecord shards (default) or DeepProfiler's one-PNG-per-cell layout")
     parser.add_argument("--gzip", action="store_true", help="GZIP-compress the TFRecord shards")
-    parser.add_argument("--shard-mb", type=float, default=128.0,
+    parser.add_argument("--shard-mb", type=_positive(float), default=128.0,
                         help="target shard size in MB before compression (default: 128)")
+    parser.add_argument("--min-shards", type=_positive(int), default=MIN_SHARDS, metavar="N",
+                        help=f"at least N shards in all (default: {MIN_SHARDS}), smaller than --shard-mb where "
+                             "needed, never more than a split's sites: a small export is still written by several "
+                             "workers at once")
     _detach_argument(parser)
     _dry_run_argument(parser)
 

@@ -27,11 +27,10 @@ import argparse
 import io
 import json
 import logging
-import math
 import zlib
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import apache_beam as beam
 import numpy as np
@@ -64,6 +63,11 @@ DEFAULT_SHARD_MB = 128
 _RECORD_OVERHEAD_BYTES = 200  # keys and proto framing beside the pixels
 
 
+def split_named(value: str, training: tuple[str, ...], validation: tuple[str, ...]) -> str:
+    """The split a site's ``train.partition.split_field`` value puts it in."""
+    return "training" if value in training else "validation" if value in validation else "other"
+
+
 @dataclass(frozen=True)
 class ExportSettings:
     """The plan plus what the workers need to carry it out; small and picklable."""
@@ -91,12 +95,7 @@ class ExportSettings:
         return self.plan.labels[: sc_export.MONTAGE_LABELS]
 
     def split_of(self, site: Site) -> str:
-        value = site.value(self.plan.split_field)
-        if value in self.training:
-            return "training"
-        if value in self.validation:
-            return "validation"
-        return "other"
+        return split_named(site.value(self.plan.split_field), self.training, self.validation)
 
     def shard_of(self, site: Site) -> tuple[str, int]:
         split = self.split_of(site)
@@ -447,26 +446,33 @@ class ExportSingleCells(beam.PTransform):
 
 # ------------------------------------------------------------------ planning
 def estimate_shards(source: CellSource, sample: list[Site], sites_per_split: dict[str, int],
-                    target_mb: float) -> dict:
-    """Shards per split from a deterministic sample of locations files (no full scan)."""
+                    split_of: Callable[[Site], str], target_mb: float,
+                    min_shards: int = sc_export.MIN_SHARDS) -> dict:
+    """Shards per split (:func:`dpcore.sc_export.shard_counts`), the bytes of each split estimated from the
+    cells of a deterministic sample of locations files (no full scan), per split: their treatments may
+    leave the sites of one split with fewer cells than another's."""
     if source.mode == "full_image":
-        cells_per_site = len(full_image_centres(source.height, source.width, source.view_size))
+        cells = {split: float(len(full_image_centres(source.height, source.width, source.view_size)))
+                 for split in sites_per_split}
     else:
-        counts = []
+        counted: dict[str, list[int]] = {}
         for site in sample:
             try:
-                counts.append(len(read_locations(source.layout.locations_file(site.plate, site.well, site.site))))
+                n = len(read_locations(source.layout.locations_file(site.plate, site.well, site.site)))
             except (LocationsError, UnsafePathError):
                 continue
-        cells_per_site = float(np.mean(counts)) if counts else 0.0
+            counted.setdefault(split_of(site), []).append(n)
+        everywhere = [n for counts in counted.values() for n in counts]
+        overall = float(np.mean(everywhere)) if everywhere else 0.0
+        cells = {split: float(np.mean(counted[split])) if counted.get(split) else overall
+                 for split in sites_per_split}
     bytes_per_cell = source.box_size ** 2 * len(source.channels) + _RECORD_OVERHEAD_BYTES
-    target = target_mb * 2**20
-    return {split: max(1, math.ceil(n * cells_per_site * bytes_per_cell / target))
-            for split, n in sites_per_split.items() if n}
+    bytes_per_split = {split: n * cells[split] * bytes_per_cell for split, n in sites_per_split.items()}
+    return sc_export.shard_counts(sites_per_split, bytes_per_split, target_mb * 2**20, min_shards)
 
 
 def plan(layout: ProjectLayout, config: Config, index: StoragePath, fmt: str, compression: str,
-         shard_mb: float) -> ExportSettings:
+         shard_mb: float, min_shards: int = sc_export.MIN_SHARDS) -> ExportSettings:
     """Plan the export from one streaming pass over the index (memory independent of its length)."""
     partition = config.train.partition
     scan = scan_index(index, config, "export-sc", count_columns=(partition.label_field, partition.split_field))
@@ -474,11 +480,13 @@ def plan(layout: ProjectLayout, config: Config, index: StoragePath, fmt: str, co
     training, validation = tuple(partition.training or ()), tuple(partition.validation or ())
     per_split = {split: 0 for split in sc_records.SPLITS}
     for value, n in scan.values[partition.split_field].items():
-        per_split["training" if value in training else "validation" if value in validation else "other"] += n
+        per_split[split_named(value, training, validation)] += n
     export_plan = ExportPlan(
         format=fmt, compression=compression, config_fingerprint=config.fingerprint,
         labels=tuple(sorted(scan.values[partition.label_field])),
-        shards=estimate_shards(source, scan.sampled_sites(), per_split, shard_mb),
+        shards=estimate_shards(source, scan.sampled_sites(), per_split,
+                               lambda site: split_named(site.value(partition.split_field), training, validation),
+                               shard_mb, min_shards),
         box_size=source.box_size, channels=tuple(source.channels), label_field=partition.label_field,
         split_field=partition.split_field)
     return ExportSettings(source=source, plan=export_plan, training=training, validation=validation,
@@ -495,7 +503,7 @@ def run_command(context: CommandContext, args: argparse.Namespace, emit) -> int:
         warm_up_cutting(config.prepare.compression.implement)
     context = context.with_config_paths(config)
     settings = plan(context.layout, config, context.layout.index_file, args.format, "GZIP" if args.gzip else "",
-                    args.shard_mb)
+                    args.shard_mb, args.min_shards)
     context = context.sized_for(settings.sites)
     if args.dry_run:
         for line in describe_graph(lambda pipeline: build(pipeline, settings), context.beam_args):

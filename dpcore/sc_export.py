@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 
 from dpcore import sc_records
@@ -41,6 +42,10 @@ INDEX_CSV = "sc-metadata.csv"
 MONTAGE_NAME = "montage.png"
 FAILURES_FILE = "_failed/export-failures.jsonl"
 SPLITS = sc_records.SPLITS
+# An export has at least this many shards (``--min-shards``) however small it is: each shard is written by
+# one worker, so a few hundred sites in two 128 MB shards would keep all but two workers idle (and readers
+# that share out whole files, as tf.data's file-based auto-sharding does, would have two to share).
+MIN_SHARDS = 16
 
 # DeepProfiler wrote one sc-metadata.csv; below this many cells we write it too (about 100 MB of CSV).
 CSV_MAX_CELLS = 500_000
@@ -76,6 +81,26 @@ PNG_COLUMNS = ("Image_Name",)            # DeepProfiler's layout: <plate>/<well>
 
 
 # -------------------------------------------------------------------- the plan
+def shard_counts(sites_per_split: dict[str, int], bytes_per_split: dict[str, float], target_bytes: float,
+                 min_shards: int = MIN_SHARDS) -> dict[str, int]:
+    """Shards per split: each at most about ``target_bytes`` (by the split's estimated bytes), and smaller where
+    the export would have fewer than ``min_shards`` in all: each split then gets its share of ``min_shards`` by
+    bytes, so the shards of all splits hold about as many cells (whichever shards a worker is given, the
+    workers get about the same work), and no split more shards than sites."""
+    total_bytes = sum(bytes_per_split.get(split, 0.0) for split in sites_per_split)
+    total_sites = sum(sites_per_split.values())
+    counts = {}
+    for split, sites in sites_per_split.items():
+        if not sites:
+            continue
+        size = bytes_per_split.get(split, 0.0)
+        share = size / total_bytes if total_bytes > 0 else sites / total_sites
+        by_size = math.ceil(size / target_bytes)
+        by_floor = min(sites, math.ceil(min_shards * share))
+        counts[split] = max(1, by_size, by_floor)
+    return counts
+
+
 @dataclass(frozen=True)
 class ExportPlan:
     """Everything the bytes of an export depend on. A partial export is resumed only under the same plan."""

@@ -36,6 +36,20 @@ class TrainingDataError(ValueError):
     """The export cannot be trained on; the message says why and what to do."""
 
 
+def _check_empty_shard(folder: StoragePath, split: str, index: int, file: str, split_cells: int) -> None:
+    """An empty shard file is empty by right when export-sc's commit record for it (``_shards/``) counts no
+    cell: a small export has shards no site fell into (sites are hashed to shards). Without a record, an
+    empty file in a split that has cells is taken for a truncated one."""
+    record = folder / sc_export.SHARD_RECORDS_DIR / sc_export.shard_record_name(split, index)
+    if record.exists():
+        cells = int(sc_export.ShardRecord.from_json(record.read_text()).cells)
+        if cells:
+            raise TrainingDataError(f"shard {file} is empty but its commit record {record} counts {cells} cells")
+    elif split_cells:
+        raise TrainingDataError(f"shard {file} is empty but the manifest counts cells in {split!r} "
+                                f"(and the shard has no commit record in {folder / sc_export.SHARD_RECORDS_DIR})")
+
+
 @dataclass(frozen=True)
 class ExportInfo:
     folder: str
@@ -64,12 +78,12 @@ class ExportInfo:
         shards = {split: [(folder / name).url for name in names] for split, names in manifest["shards"].items()}
         present = {path.name: path for path in folder.glob("*.tfrecord*")}  # one listing, not one call per shard
         for split, files in shards.items():
-            for file in files:
+            for index, file in enumerate(files):
                 path = present.get(StoragePath(file).name)
                 if path is None:
                     raise TrainingDataError(f"shard {file} listed in {manifest_path} is missing")
-                if path.size() == 0 and manifest["counts"].get(split, 0):
-                    raise TrainingDataError(f"shard {file} is empty but the manifest counts cells in {split!r}")
+                if path.size() == 0:
+                    _check_empty_shard(folder, split, index, file, manifest["counts"].get(split, 0))
         labels = tuple(manifest["labels"])
         label_counts = {split: {labels.index(label): int(n) for label, n in per_label.items() if n}
                         for split, per_label in manifest["counts_per_split_label"].items()}
