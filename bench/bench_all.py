@@ -1,6 +1,6 @@
 """Every stage the way a user runs it, on a screen of several plates: the README's speed table.
 
-    .venv/bin/python bench/bench_all.py [--plates 4] [--repeats 3] [--scaling-plates 12]   (~15 min, 2 cores)
+    .venv/bin/python bench/bench_all.py [--plates 4] [--repeats 3] [--scaling-plates 24]   (~25 min, 2 cores)
 
 The real BBBC022 plate (18 sites, 5 channels, 696x520; ``../shared/data/bbbc022`` when present, else
 the 12-site copy in ``tests/data``) is replicated as 1 and as ``--plates`` plates with the example's
@@ -29,9 +29,10 @@ process, with its default options (one worker thread per core on the DirectRunne
   ``bench/bench_deepprofiler.py``): a baseline measured beside profile, no faster than DeepProfiler itself;
 - peak resident memory of the command and of its largest worker process;
 - for prepare and export-sc, one worker against two worker processes also on a ``--scaling-plates``
-  replica (12 plates by default; each round's runs of those two variants are followed by one on it): the
-  marginal rates from 1 to 12 plates and their ratio. On the 4-plate replica the extra plates are 2-5 s of
-  work, less than the run-to-run spread of two processes' start-up, so the ratio there is mostly noise.
+  replica (24 plates by default; each round's runs of those two variants are followed by one on it): the
+  marginal rates from 1 to 24 plates and their ratio. On the 4-plate replica the extra plates are 2-5 s of
+  work, less than the run-to-run spread of two processes' start-up and exit (1-2 s), so the ratio there is
+  mostly noise; on 12 plates export-sc's extra work with two processes was still only ~3.3 s.
 
 Numbers go to stdout and ``bench/results/all.json``.
 """
@@ -172,7 +173,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--plates", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--scaling-plates", type=int, default=12,
+    parser.add_argument("--scaling-plates", type=int, default=24,
                         help="plates of the replica on which one worker and two worker processes are also compared "
                              "for prepare and export-sc (0: not)")
     parser.add_argument("--json", type=Path, default=REPO / "bench/results/all.json")
