@@ -18,7 +18,7 @@ from typing import Callable
 from dpcore.acceleration import PRECISIONS
 from dpcore.inference_engines import ENGINES
 from dpcore.example import EXAMPLE_CONFIG, write_example_project
-from dpcore.sc_export import MIN_SHARDS
+from dpcore.sc_export import DEFAULT_SHARD_MB, MIN_SHARDS
 from dpcore.split import split_index
 from dpcore.validate import validate_project
 
@@ -324,8 +324,8 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("tfrecord", "png"), default="tfrecord",
                         help="tfrecord shards (default) or DeepProfiler's one-PNG-per-cell layout")
     parser.add_argument("--gzip", action="store_true", help="GZIP-compress the TFRecord shards")
-    parser.add_argument("--shard-mb", type=_positive(float), default=128.0,
-                        help="target shard size in MB before compression (default: 128)")
+    parser.add_argument("--shard-mb", type=_positive(float), default=DEFAULT_SHARD_MB,
+                        help=f"target shard size in MB before compression (default: {DEFAULT_SHARD_MB:g})")
     parser.add_argument("--min-shards", type=_positive(int), default=MIN_SHARDS, metavar="N",
                         help=f"at least N shards in all (default: {MIN_SHARDS}), smaller than --shard-mb where "
                              "needed, never more than a split's sites: a small export is still written by several "

@@ -59,7 +59,6 @@ from beam_pipelines.running import PipelineRun, describe_graph, run_pipeline
 logger = logging.getLogger(__name__)
 
 NAMESPACE = "dpbeam.export_sc"
-DEFAULT_SHARD_MB = 128
 _RECORD_OVERHEAD_BYTES = 200  # keys and proto framing beside the pixels
 
 

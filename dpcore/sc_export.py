@@ -46,6 +46,7 @@ SPLITS = sc_records.SPLITS
 # one worker, so a few hundred sites in two 128 MB shards would keep all but two workers idle (and readers
 # that share out whole files, as tf.data's file-based auto-sharding does, would have two to share).
 MIN_SHARDS = 16
+DEFAULT_SHARD_MB = 128.0  # ``--shard-mb``: TFRecord files of 100-200 MB read efficiently from buckets
 
 # DeepProfiler wrote one sc-metadata.csv; below this many cells we write it too (about 100 MB of CSV).
 CSV_MAX_CELLS = 500_000

@@ -36,16 +36,23 @@ class TrainingDataError(ValueError):
     """The export cannot be trained on; the message says why and what to do."""
 
 
-def _check_empty_shard(folder: StoragePath, split: str, index: int, file: str, split_cells: int) -> None:
-    """An empty shard file is empty by right when export-sc's commit record for it (``_shards/``) counts no
-    cell: a small export has shards no site fell into (sites are hashed to shards). Without a record, an
-    empty file in a split that has cells is taken for a truncated one."""
+def _committed_cells(folder: StoragePath, split: str, index: int) -> int | None:
+    """The cells of a shard by export-sc's commit record for it (``_shards/``); None if the record is gone."""
     record = folder / sc_export.SHARD_RECORDS_DIR / sc_export.shard_record_name(split, index)
-    if record.exists():
-        cells = int(sc_export.ShardRecord.from_json(record.read_text()).cells)
-        if cells:
-            raise TrainingDataError(f"shard {file} is empty but its commit record {record} counts {cells} cells")
-    elif split_cells:
+    if not record.exists():
+        return None
+    return int(sc_export.ShardRecord.from_json(record.read_text()).cells)
+
+
+def _check_empty_shard(folder: StoragePath, split: str, index: int, file: str, split_cells: int) -> None:
+    """An empty shard file is empty by right when its commit record counts no cell: a small export has
+    shards no site fell into (sites are hashed to shards). Without a record, an empty file in a split that
+    has cells is taken for a truncated one."""
+    cells = _committed_cells(folder, split, index)
+    if cells:
+        raise TrainingDataError(f"shard {file} is empty but its commit record in "
+                                f"{folder / sc_export.SHARD_RECORDS_DIR} counts {cells} cells")
+    if cells is None and split_cells:
         raise TrainingDataError(f"shard {file} is empty but the manifest counts cells in {split!r} "
                                 f"(and the shard has no commit record in {folder / sc_export.SHARD_RECORDS_DIR})")
 
@@ -102,12 +109,11 @@ class ExportInfo:
         rows, first = [], 0
         for index, file in enumerate(self.shards.get(split, [])):
             rows.append(first)
-            record = folder / sc_export.SHARD_RECORDS_DIR / sc_export.shard_record_name(split, index)
-            if record.exists():
-                first += int(sc_export.ShardRecord.from_json(record.read_text()).cells)
-            else:
+            cells = _committed_cells(folder, split, index)
+            if cells is None:
                 dataset = sc_records.file_reader([file], self.compression)(tf.constant(file))
-                first += int(dataset.reduce(np.int64(0), lambda n, _: n + 1).numpy())
+                cells = int(dataset.reduce(np.int64(0), lambda n, _: n + 1).numpy())
+            first += cells
         return rows
 
     @property
