@@ -39,6 +39,7 @@ from dpcore.storage import StoragePath
 
 from beam_pipelines import commands
 from beam_pipelines.context import CommandContext, UsageError, local_parallelism
+from beam_pipelines.process_exit import skip_final_collection
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ def _emit(text: str) -> None:
 
 def main(argv: Sequence[str] | None = None, *, emit: Callable[[str], None] = _emit) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
+    skip_final_collection()
     code = _run(arguments, emit)
     _log_command_line(arguments, code)
     return code

@@ -27,7 +27,6 @@ import argparse
 import io
 import json
 import logging
-import zlib
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -39,7 +38,7 @@ from PIL import Image, ImageDraw
 
 from dpcore import sc_export, sc_records
 from dpcore.config import Config
-from dpcore.crops import full_image_centres, quantise
+from dpcore.crops import full_image_centres
 from dpcore.images import ImageReadError, decode_image, encode_png
 from dpcore.layout import ProjectLayout, UnsafePathError
 from dpcore.locations import LocationsError, LocationsMissing, read_locations
@@ -53,6 +52,7 @@ from dpcore.storage import StoragePath, remove_stale_temporaries
 from beam_pipelines.context import CommandContext
 from beam_pipelines.dead_letter import WriteDeadLetters, failure, read_failures, report_failures
 from beam_pipelines.index import ReadSites
+from beam_pipelines.process_exit import skip_final_collection
 from beam_pipelines.progress import OutputProgress, inc_counter
 from beam_pipelines.running import PipelineRun, describe_graph, run_pipeline
 
@@ -98,7 +98,7 @@ class ExportSettings:
 
     def shard_of(self, site: Site) -> tuple[str, int]:
         split = self.split_of(site)
-        return split, zlib.crc32(site.key.encode("utf-8")) % int(self.plan.shards[split])
+        return split, sc_export.shard_of_position(site.ordinal, int(self.plan.shards[split]))
 
     def shard_file(self, split: str, index: int) -> StoragePath:
         return self.out / sc_export.shard_file_name(split, index, int(self.plan.shards[split]), self.plan.compression)
@@ -161,7 +161,7 @@ class CellCutter:
         if outcome in ("locations", "images"):
             self._fail(outcome, site, data)
             return
-        cut = s.source.cut_loaded(data)
+        cut = s.source.cut_loaded(data, as_bytes=True)  # quantised as they are cut (dpcore.crops.quantise)
         inc_counter(NAMESPACE, "sites_read")
         inc_counter(NAMESPACE, "cells_skipped_outside_image", cut.batch.outside)
         inc_counter(NAMESPACE, "cells_skipped_nan", cut.batch.invalid)
@@ -169,7 +169,7 @@ class CellCutter:
         self.skipped["nan"] += cut.batch.invalid
         label_name = site.value(s.plan.label_field)
         split = s.split_of(site)
-        crops = quantise(cut.batch.crops)
+        crops = cut.batch.crops
         metadata = site.as_dict()
         for crop, cell_index in zip(crops, cut.batch.kept):
             x, y = (float(v) for v in cut.centres[cell_index])
@@ -198,6 +198,7 @@ class WriteShard(beam.DoFn):
         self.settings = settings
 
     def setup(self) -> None:
+        skip_final_collection()
         # A worker process loads the crop kernel while its first sites are read (the launcher may not have).
         warm_up_cutting(self.settings.source.use_compressed)
         self._reader = ReadAhead(lambda site: load_site(self.settings.source, site), self.READ_AHEAD,
@@ -417,7 +418,8 @@ class ExportSingleCells(beam.PTransform):
 
     def expand(self, pbegin):
         s = self.settings
-        read = pbegin | "ReadSites" >> ReadSites(self.index_path, s.source.channels)
+        # Each site is numbered within its split as the index is read: its shard comes from that number.
+        read = pbegin | "ReadSites" >> ReadSites(self.index_path, s.source.channels, number_by=s.split_of)
         keyed = read["sites"] | "KeyByShard" >> beam.Map(lambda site: (s.shard_of(site), site))
         # Every shard is written, even one no site falls into; the keys are made on a worker,
         # so a screen's million shards never enter the job graph.

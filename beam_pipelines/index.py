@@ -18,14 +18,15 @@ screen-sized set on the launcher.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Iterator
+from dataclasses import dataclass, replace
+from typing import Callable, Hashable, Iterator
 
 import apache_beam as beam
 
 from dpcore.metadata import MetadataError, Site, iter_sites
 
 from beam_pipelines.dead_letter import failure
+from beam_pipelines.process_exit import skip_final_collection
 from beam_pipelines.progress import inc_counter
 
 logger = logging.getLogger(__name__)
@@ -34,16 +35,30 @@ NAMESPACE = "dpbeam.index"
 
 
 class StreamIndex(beam.DoFn):
-    """Index file -> its sites, one chunk of rows in memory at a time."""
+    """Index file -> its sites, one chunk of rows in memory at a time.
 
-    def __init__(self, channels: tuple[str, ...]):
+    With ``number_by``, each site's ``ordinal`` is its position among the rows of its group
+    (``number_by(site)``) so far: the index is read in order by one worker, so this is where positions
+    are known without holding any list of sites (a counter per group).
+    """
+
+    def __init__(self, channels: tuple[str, ...], number_by: Callable[[Site], Hashable] | None = None):
         self.channels = channels
+        self.number_by = number_by
+
+    def setup(self) -> None:
+        skip_final_collection()
 
     def process(self, index_path: str) -> Iterator:
         problems: list[str] = []
+        counters: dict[Hashable, int] = {}
         try:
             for site in iter_sites(index_path, self.channels, on_problem=problems.append):
                 inc_counter(NAMESPACE, "sites_listed")
+                if self.number_by is not None:
+                    group = self.number_by(site)
+                    site = replace(site, ordinal=counters.get(group, 0))
+                    counters[group] = site.ordinal + 1
                 yield site
                 while problems:
                     yield beam.pvalue.TaggedOutput("failed", failure("index", index_path, problems.pop()))
@@ -71,6 +86,7 @@ class ReadSites(beam.PTransform):
 
     index_path: str
     channels: tuple[str, ...]
+    number_by: Callable[[Site], Hashable] | None = None  # sets each site's ordinal (StreamIndex)
 
     def __post_init__(self):
         super().__init__()
@@ -79,7 +95,8 @@ class ReadSites(beam.PTransform):
         listed = (
             pbegin
             | "IndexFile" >> beam.Create([self.index_path])
-            | "StreamIndex" >> beam.ParDo(StreamIndex(tuple(self.channels))).with_outputs("failed", main="sites")
+            | "StreamIndex" >> beam.ParDo(StreamIndex(tuple(self.channels), self.number_by)
+                                          ).with_outputs("failed", main="sites")
         )
         unique = (
             listed.sites

@@ -17,6 +17,8 @@ from apache_beam.transforms.window import GlobalWindows
 
 from dpcore.read_ahead import ReadAhead
 
+from beam_pipelines.process_exit import skip_final_collection
+
 
 class ReadAheadDoFn(beam.DoFn):
     """Subclasses define ``fetch``, ``emit`` and ``reads_ahead``, and call :meth:`read_ahead` from
@@ -39,6 +41,7 @@ class ReadAheadDoFn(beam.DoFn):
         raise NotImplementedError
 
     def setup(self) -> None:
+        skip_final_collection()
         self._reader = ReadAhead(lambda job: self.fetch(job[0], *job[1]), self.READ_AHEAD,
                                  name=f"dpbeam-{type(self).__name__}")
 

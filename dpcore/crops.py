@@ -26,7 +26,7 @@ NORMALISATION_EPSILON = 1e-6
 class CropBatch:
     """The crops of one site that survived, and what was skipped."""
 
-    crops: np.ndarray          # (N, box, box, C) float32 in [0, 1]
+    crops: np.ndarray          # (N, box, box, C) float32 in [0, 1], or uint8 (cut with as_bytes)
     kept: np.ndarray           # (N,) indices into the site's locations
     outside: int = 0           # boxes wholly outside the image
     invalid: int = 0           # crops containing NaN
@@ -144,20 +144,21 @@ def object_ids(labels: np.ndarray, centres: np.ndarray) -> np.ndarray:
 
 
 def cut_crops(image: np.ndarray, boxes: np.ndarray, box_size: int, labels: np.ndarray | None = None,
-              ids: np.ndarray | None = None) -> CropBatch:
+              ids: np.ndarray | None = None, as_bytes: bool = False) -> CropBatch:
     """Crop, drop what DeepProfiler could not use, normalise. ``image`` is ``(H, W, C)``, of any numeric type.
 
     With an outline label image (``labels``, same size) and each cell's object id, every crop
     keeps only its own object's pixels (``mask_objects``): the label image is cropped with the
     same box and pixels whose label differs from the cell's id become 0 before normalisation.
     The compiled kernel (``dpcore.crop_kernel``); :func:`cut_crops_reference` is the same in numpy.
+    ``as_bytes``: the crops :func:`quantise`\ d (uint8, what export-sc writes), in the same pass.
     """
     from dpcore.crop_kernel import cut_and_normalise  # noqa: PLC0415 -- numba loads where cells are cut
 
     outside = boxes_outside(boxes)
     inside = np.flatnonzero(~outside)
     crops, finite = cut_and_normalise(image, boxes[inside], box_size, NORMALISATION_EPSILON, labels,
-                                      ids[inside] if labels is not None else None)
+                                      ids[inside] if labels is not None else None, as_bytes=as_bytes)
     if not finite.all():
         crops = crops[finite]
     return CropBatch(crops=crops, kept=inside[finite], outside=int(outside.sum()), invalid=int((~finite).sum()))

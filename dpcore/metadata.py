@@ -43,6 +43,9 @@ class Site:
     metadata: tuple[tuple[str, str], ...]
     # 0-based data row in the index (file line = row + 2, counting the header).
     row: int = 0
+    # 0-based position among the index's rows of the same group, in index order, where a pipeline asked
+    # for one (beam_pipelines.index.ReadSites' number_by: export-sc deals each split's sites to shards by it).
+    ordinal: int = 0
 
     @property
     def key(self) -> str:

@@ -70,18 +70,29 @@ def encode(record: CellRecord) -> bytes:
     (a test compares them): the feature map sorted by key, so two workers write the
     same bytes for the same cell. Encoding by hand spares export-sc's workers the
     import of TensorFlow (~5 s of start-up) for eleven fields of protobuf.
+
+    The pixels are copied once, into the record: each level of protobuf nesting is a
+    header computed from the lengths inside it, and the parts are joined at the end
+    (nesting by concatenation copied the 82 KB of a 128-pixel crop seven times).
     """
     text = {"label_name": record.label_name, "split": record.split, "split_value": record.split_value,
             "plate": record.plate, "well": record.well, "site": record.site}
-    features = {name: _bytes_feature(value.encode("utf-8")) for name, value in text.items()}
-    features["image"] = _bytes_feature(np.ascontiguousarray(record.image, dtype=np.uint8).tobytes())
-    features["label"] = _int64_feature(record.label)
-    features["cell_index"] = _int64_feature(record.cell_index)
-    features["center_x"] = _float_feature(record.center_x)
-    features["center_y"] = _float_feature(record.center_y)
-    entries = b"".join(_field(1, _field(1, name.encode("utf-8")) + _field(2, features[name]))
-                       for name in sorted(features, key=functools.cmp_to_key(_map_key_order)))
-    return _field(1, entries)
+    features: dict[str, list] = {name: [_bytes_feature(value.encode("utf-8"))] for name, value in text.items()}
+    pixels = memoryview(np.ascontiguousarray(record.image, dtype=np.uint8)).cast("B")
+    bytes_list = _header(1, len(pixels))                                  # BytesList{value: [pixels]}
+    feature = _header(1, len(bytes_list) + len(pixels))                    # Feature.bytes_list
+    features["image"] = [feature, bytes_list, pixels]
+    features["label"] = [_int64_feature(record.label)]
+    features["cell_index"] = [_int64_feature(record.cell_index)]
+    features["center_x"] = [_float_feature(record.center_x)]
+    features["center_y"] = [_float_feature(record.center_y)]
+    parts: list = []
+    for name in sorted(features, key=functools.cmp_to_key(_map_key_order)):
+        key = _field(1, name.encode("utf-8"))
+        value_length = sum(len(part) for part in features[name])
+        value = _header(2, value_length)
+        parts += [_header(1, len(key) + len(value) + value_length), key, value, *features[name]]
+    return b"".join([_header(1, sum(len(part) for part in parts)), *parts])
 
 
 def _map_key_order(a: str, b: str) -> int:
@@ -104,8 +115,13 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
+def _header(number: int, length: int) -> bytes:
+    """A length-delimited field's tag and length, for a payload of ``length`` bytes written after it."""
+    return _varint(number << 3 | 2) + _varint(length)
+
+
 def _field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+    return _header(number, len(payload)) + payload
 
 
 def _bytes_feature(value: bytes) -> bytes:
@@ -294,7 +310,10 @@ def write_shard(target: StoragePath, serialized: Iterable[bytes], compression: s
                 for record in serialized:
                     if on_record is not None:
                         on_record(offset, record)
-                    stream.write(frame(record))
+                    head, tail = frame_ends(record)
+                    stream.write(head)  # three writes: the record is not copied to be framed
+                    stream.write(record)
+                    stream.write(tail)
                     count += 1
                     offset += framed_size(record)
         if target.is_local:
@@ -309,8 +328,14 @@ def write_shard(target: StoragePath, serialized: Iterable[bytes], compression: s
 
 def frame(record: bytes) -> bytes:
     """One TFRecord: length, masked CRC of the length, data, masked CRC of the data."""
+    head, tail = frame_ends(record)
+    return head + record + tail
+
+
+def frame_ends(record: bytes) -> tuple[bytes, bytes]:
+    """What a TFRecord frame puts before ``record`` (length, its masked CRC) and after it (the data's)."""
     length = struct.pack("<Q", len(record))
-    return length + struct.pack("<I", _masked_crc(length)) + record + struct.pack("<I", _masked_crc(record))
+    return length + struct.pack("<I", _masked_crc(length)), struct.pack("<I", _masked_crc(record))
 
 
 def _masked_crc(data: bytes) -> int:

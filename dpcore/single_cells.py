@@ -130,7 +130,8 @@ class CellSource:
     def cut(self, site: Site, centres: np.ndarray | None = None) -> SiteCells:
         return self.cut_loaded(self.load(site, centres))
 
-    def cut_loaded(self, data: SiteData) -> SiteCells:
+    def cut_loaded(self, data: SiteData, as_bytes: bool = False) -> SiteCells:
+        """The site's crops, float32 in [0, 1] (what a model reads), or ``as_bytes`` uint8 (what is stored)."""
         centres, image, labels = data.centres, data.image, data.labels
         # Full-image tiles cover view_size pixels and are resized to box_size, as in DeepProfiler.
         extent = self.view_size if self.mode == "full_image" else self.box_size
@@ -141,7 +142,7 @@ class CellSource:
             scaled = np.asarray(centres, dtype=np.float64) * [self.image_shape[1] / self.width,
                                                                self.image_shape[0] / self.height]
             ids = object_ids(labels, scaled)
-        batch = cut_crops(image, boxes, self.box_size, labels, ids)
+        batch = cut_crops(image, boxes, self.box_size, labels, ids, as_bytes=as_bytes)
         return SiteCells(site=data.site, centres=centres, batch=batch)
 
 

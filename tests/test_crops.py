@@ -209,6 +209,39 @@ def test_the_compiled_kernel_gives_the_numpy_references_bits(site_image, box_siz
     assert box_size < 64 or cut_crops(poisoned, boxes, box_size).invalid >= 1
 
 
+@pytest.mark.parametrize("box_size", [128, 2])
+def test_the_kernel_quantises_as_it_cuts_to_the_bytes_of_the_numpy_reference(site_image, box_size):
+    """export-sc's crops (as_bytes): quantise() of the numpy reference's float crops, byte for byte, with the
+    same cells kept, on a real site as read (8- and 16-bit, float), masked or not, NaN cells dropped."""
+    image, centres = site_image
+    poisoned = image.copy()
+    poisoned[200:204, 300:304, 2] = np.nan
+    centres = np.concatenate([centres, [[-30.0, 10.0], [-400.0, -400.0], [695.0, 519.0]]])
+    boxes = cell_boxes(centres, box_size, image.shape[:2])
+    labels = np.random.default_rng(0).integers(0, 4, image.shape[:2]).astype(np.int32)
+    ids = np.random.default_rng(1).integers(0, 4, len(centres)).astype(np.int64)
+    for picture, masks in [(image.astype(np.uint16), None), ((image / 16).astype(np.uint8), labels),
+                           (poisoned, None), (image * 0.25, labels)]:
+        mask_ids = ids if masks is not None else None
+        cut = cut_crops(picture, boxes, box_size, masks, mask_ids, as_bytes=True)
+        expected = cut_crops_reference(picture, boxes, box_size, masks, mask_ids)
+        assert cut.crops.dtype == np.uint8 and cut.crops.shape == expected.crops.shape
+        np.testing.assert_array_equal(cut.kept, expected.kept)
+        assert (cut.outside, cut.invalid) == (expected.outside, expected.invalid)
+        np.testing.assert_array_equal(cut.crops, quantise(expected.crops))
+
+
+def test_quantising_in_the_kernel_rounds_halves_to_even_like_numpy():
+    """Normalised values whose x255 lands on (or next to) .5: rint's ties go to the even byte in both."""
+    ramp = np.concatenate([[0.0], (np.arange(255, dtype=np.float32) + np.float32(0.5)) / np.float32(255), [1.0]])
+    image = np.tile(ramp.astype(np.float32), (3, 1))[:, :, None]  # one row of every tie, min 0 and max 1
+    box = np.array([[0.0, 0.0, 1.0, 1.0]], np.float32)
+    cut = cut_crops(image, box, ramp.size, as_bytes=True)
+    expected = quantise(cut_crops_reference(image, box, ramp.size).crops)
+    np.testing.assert_array_equal(cut.crops, expected)
+    assert len(np.unique(expected)) > 200  # the ramp covered the byte range
+
+
 def test_the_compiled_kernel_on_tiles_larger_than_the_crop_and_every_edge_case():
     """Full-image tiles (a view larger than the box: samples more than a pixel apart), boxes partly or
     wholly outside on every side, samples exactly on the first and last row and column."""

@@ -110,7 +110,9 @@ def run_chain(root: str, gallery: str, reads: ImageReads | None = None) -> list[
         ("import-loaddata", f"{gallery}/workspace/load_data_csv/{BATCH}/{PLATE}/load_data_with_illum.csv",
          "--platemap", f"{gallery}/workspace/metadata/platemap.csv", "--join", "Metadata_Plate", "Metadata_Well"),
         ("prepare", "--illumination", "cellprofiler", "--direct_num_workers", "1"),
-        ("export-sc", "--direct_num_workers", "1"),
+        # Two shards of three sites: a shard's next sites are read while one is cut (the default floor of 16
+        # shards, capped at the sites, would give each of the 6 sites a shard of its own, with none to read ahead).
+        ("export-sc", "--direct_num_workers", "1", "--min-shards", "2"),
         ("profile", "--direct_num_workers", "1"),
     ):
         if reads is not None:

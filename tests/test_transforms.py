@@ -55,6 +55,19 @@ def test_read_sites_keeps_the_first_line_of_a_duplicate_and_reports_the_others(t
             (path, "line 5: empty value in column(s) Metadata_Site")]), label="Failures")
 
 
+def test_read_sites_numbers_each_group_in_index_order(tmp_path):
+    """export-sc deals sites to shards by their position within their split, counted as the index is read."""
+    files = ["a.tif"] * 5
+    rows = [["P", "A01", "1", *files, "t"], ["P", "A01", "2", *files, "v"], ["P", "A02", "1", *files, "t"],
+            ["P", "A02", "2", *files, "t"], ["P", "A01", "1", *files, "v"], ["P", "A03", "1", *files, "v"]]
+    path = _index(tmp_path, rows)
+    with TestPipeline() as pipeline:
+        read = pipeline | ReadSites(path, CHANNELS, number_by=lambda site: site.value("Treatment"))
+        # The duplicate (line 6) takes a number, and is dropped: P/A03-1 is the third of group v.
+        assert_that(read["sites"] | beam.Map(lambda s: (s.key, s.ordinal)), equal_to(
+            [("P/A01-1", 0), ("P/A01-2", 0), ("P/A02-1", 1), ("P/A02-2", 2), ("P/A03-1", 2)]))
+
+
 class MeanPerChannel(ModelHandler):
     """A fake model: a cell's 'features' are its crop's mean per channel; each element is a site's crops."""
 
