@@ -72,8 +72,8 @@ def shard_of_position(position: int, shards: int) -> int:
     or take one, where a hash of the site key left them +-20% apart (14-35 sites in the 24-plate
     replica's 19 shards); the rotation keeps a shard from collecting the same field of every well (a
     plain round robin does when the shard count and the sites per well share a factor), so the cells
-    per shard even out too: on the replica, whose wells repeat one plate's, 4-13% apart against 14-43%
-    by hash. Sites from all over the screen still share a shard (a training reader's shuffle needs that:
+    per shard even out too: on the replica, whose wells repeat one plate's, their coefficient of
+    variation was 5-17% against 14-43% by hash (14 to 32 shards a split). Sites from all over the screen still share a shard (a training reader's shuffle needs that:
     cutting the index into consecutive blocks would not). A shard is one worker's unit of work, so the
     heaviest shard is when an export ends.
 
@@ -172,7 +172,7 @@ class ExportPlan:
     label_field: str
     split_field: str
     feature_spec_version: int = sc_records.FEATURE_SPEC_VERSION
-    sharding: str = SHARDING           # the rule that deals sites to shards (shard_of_row)
+    sharding: str = SHARDING           # the rule that deals sites to shards (shard_of_position)
 
     def to_json(self) -> str:
         values = asdict(self)
