@@ -326,12 +326,6 @@ def write_shard(target: StoragePath, serialized: Iterable[bytes], compression: s
     return count
 
 
-def frame(record: bytes) -> bytes:
-    """One TFRecord: length, masked CRC of the length, data, masked CRC of the data."""
-    head, tail = frame_ends(record)
-    return head + record + tail
-
-
 def frame_ends(record: bytes) -> tuple[bytes, bytes]:
     """What a TFRecord frame puts before ``record`` (length, its masked CRC) and after it (the data's)."""
     length = struct.pack("<Q", len(record))
